@@ -1,0 +1,95 @@
+"""Distributions over a finite set, held as log-probability arrays (−inf for zero mass)."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .errors import PcmiInputError
+
+NORMALIZATION_TOL = 1e-6
+
+
+def safe_log(x) -> np.ndarray:
+    """log x with log 0 = −inf and no warning."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(x, dtype=float))
+
+
+def log_normalize(logw: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(w / Σ w) from log w; raises if every weight is zero."""
+    logw = np.asarray(logw, dtype=float)
+    if np.isnan(logw).any():
+        raise PcmiInputError("NaN in log-weights")
+    z = logsumexp(logw, axis=axis, keepdims=True)
+    if not np.all(np.isfinite(z)):
+        raise PcmiInputError("cannot normalize: every weight is zero (or one is +inf)")
+    return logw - z
+
+
+def check_probs(p, name: str = "distribution", *, axis: int = -1) -> np.ndarray:
+    """Validate probabilities (finite, ≥ 0, summing to 1 within 1e-6) and return their logs."""
+    try:
+        p = np.asarray(p, dtype=float)
+    except (TypeError, ValueError):
+        raise PcmiInputError(f"{name} must be an array of numbers") from None
+    if p.size == 0:
+        raise PcmiInputError(f"{name} is empty")
+    if np.isnan(p).any():
+        raise PcmiInputError(f"{name} contains NaN")
+    if not np.isfinite(p).all():
+        raise PcmiInputError(f"{name} contains an infinite value")
+    if (p < 0).any():
+        raise PcmiInputError(f"{name} has a negative probability ({p.min():g})")
+    s = p.sum(axis=axis)
+    bad = np.abs(s - 1) > NORMALIZATION_TOL
+    if np.any(bad):
+        worst = float(np.ravel(s)[np.argmax(np.ravel(np.abs(s - 1)))])
+        raise PcmiInputError(f"{name} is not normalized (sums to {worst:.9g})")
+    return safe_log(p / np.expand_dims(s, axis))
+
+
+def check_log_probs(logp, name: str = "distribution", *, axis: int = -1) -> np.ndarray:
+    """Validate log-probabilities (no NaN, no +inf, normalized within 1e-6) and renormalize."""
+    logp = np.asarray(logp, dtype=float)
+    if np.isnan(logp).any():
+        raise PcmiInputError(f"{name} contains NaN")
+    if (logp == np.inf).any():
+        raise PcmiInputError(f"{name} contains +inf")
+    z = logsumexp(logp, axis=axis, keepdims=True)
+    if np.any(np.abs(np.expm1(z)) > NORMALIZATION_TOL):
+        raise PcmiInputError(f"{name} is not normalized (log-sum {float(np.ravel(z)[0]):.9g})")
+    return logp - z
+
+
+def probs(logp) -> np.ndarray:
+    return np.exp(np.asarray(logp, dtype=float))
+
+
+def entropy(logp) -> float:
+    """H(p) = −Σ p log p in nats (0·log 0 = 0)."""
+    logp = np.asarray(logp, dtype=float)
+    m = np.isfinite(logp)
+    return float(-np.sum(np.exp(logp[m]) * logp[m]))
+
+
+def kl(logp, logq) -> float:
+    """KL(p ‖ q) = Σ p (log p − log q); +inf if p puts mass where q has none."""
+    logp, logq = np.asarray(logp, float), np.asarray(logq, float)
+    m = np.isfinite(logp)
+    if np.any(~np.isfinite(logq[m])):
+        return float("inf")
+    return float(np.sum(np.exp(logp[m]) * (logp[m] - logq[m])))
+
+
+def total_variation(logp, logq) -> float:
+    """TV(p, q) = ½ Σ |p − q|."""
+    return float(0.5 * np.abs(probs(logp) - probs(logq)).sum())
+
+
+def condition(logp, mask) -> np.ndarray:
+    """log p(· | mask): p restricted to `mask` and renormalized."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any() or not np.isfinite(logsumexp(np.asarray(logp)[mask])):
+        raise PcmiInputError("conditioning event has probability zero")
+    out = np.where(mask, logp, -np.inf)
+    return out - logsumexp(out)

@@ -1,0 +1,5 @@
+"""Bad input raises PcmiInputError: a ValueError whose message is one line naming the problem."""
+
+
+class PcmiInputError(ValueError):
+    pass

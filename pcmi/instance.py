@@ -1,0 +1,99 @@
+"""An instance: one prompt's rollouts Y(x) with π0, reward, teacher, demonstrations D and tree."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from graphworld.enumeration import PrefixTree
+
+from .distributions import check_log_probs, check_probs, condition
+from .errors import PcmiInputError
+
+
+def demos_from_successes(log_base, reward) -> np.ndarray:
+    """D = π0(· | r = 1): the model's own correct rollouts."""
+    reward = np.asarray(reward)
+    if not np.any(reward == 1) or not np.isfinite(np.max(np.where(reward == 1, log_base, -np.inf))):
+        raise PcmiInputError("no correct rollout has positive probability: demonstrations from successes are undefined")
+    return condition(log_base, reward == 1)
+
+
+def uniform_correct_demos(reward) -> np.ndarray:
+    """D uniform over the distinct correct rollouts."""
+    reward = np.asarray(reward)
+    if not np.any(reward == 1):
+        raise PcmiInputError("no correct rollout: demonstrations from successes are undefined")
+    return condition(np.zeros(len(reward)), reward == 1)
+
+
+def check_reward(reward, n: int) -> np.ndarray:
+    try:
+        r = np.asarray(reward, dtype=float)
+    except (TypeError, ValueError):
+        raise PcmiInputError("reward must be a list of 0/1 values") from None
+    if r.shape != (n,):
+        raise PcmiInputError(f"reward has {r.size} entries but there are {n} rollouts")
+    if not np.all((r == 0) | (r == 1)):
+        raise PcmiInputError("reward must be 0 or 1 for every rollout")
+    return r.astype(np.int64)
+
+
+@dataclass
+class Instance:
+    """Everything the closed forms need for one prompt x."""
+    log_base: np.ndarray             # log π0(y), (n,)
+    reward: np.ndarray               # r(y) ∈ {0,1}, (n,)
+    teacher: object                  # a pcmi.teachers teacher over the same n rollouts
+    log_demos: np.ndarray            # log D(y'), (n,) — demonstrations are rollouts
+    route: np.ndarray | None = None  # strategy label per rollout (graph: concept id)
+    tree: PrefixTree | None = None   # prefix tree (None: the flat one-token tree)
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.log_base)
+        self.log_base = check_log_probs(self.log_base, "base policy π0")
+        self.reward = check_reward(self.reward, n)
+        if getattr(self.teacher, "n", n) != n:
+            raise PcmiInputError(f"teacher rows have {self.teacher.n} entries but there are {n} rollouts")
+        tb = getattr(self.teacher, "log_base", None)
+        if tb is not None and np.max(np.abs(np.exp(tb) - np.exp(self.log_base))) > 1e-6:
+            raise PcmiInputError("the teacher's base policy differs from the instance's π0")
+        self.log_demos = check_log_probs(self.log_demos, "demonstration distribution D")
+        if len(self.log_demos) != n:
+            raise PcmiInputError(f"demos has {len(self.log_demos)} entries but there are {n} rollouts")
+        if self.route is not None:
+            self.route = np.asarray(self.route)
+            if self.route.shape != (n,):
+                raise PcmiInputError(f"route has {self.route.size} labels but there are {n} rollouts")
+        if self.tree is None:
+            self.tree = PrefixTree.flat(n)
+        elif self.tree.n_leaves != n:
+            raise PcmiInputError(f"tree has {self.tree.n_leaves} leaves but there are {n} rollouts")
+
+    @property
+    def n(self) -> int:
+        return len(self.log_base)
+
+    @classmethod
+    def explicit(cls, base, reward, teacher, demos=None, route=None, name="") -> "Instance":
+        """From probabilities: base (n,), reward (n,), a teacher object or an n×n matrix
+        (row j = T(· | y'_j)), demos (n,) or None for π0(· | r = 1)."""
+        from .teachers import KernelTeacher
+        log_base = check_probs(base, "base")
+        reward = check_reward(reward, len(log_base))
+        if not hasattr(teacher, "demo_classes"):
+            t = np.asarray(teacher, dtype=object)
+            if t.ndim != 2 or any(len(row) != len(log_base) for row in teacher) or len(teacher) != len(log_base):
+                raise PcmiInputError(f"teacher must be a {len(log_base)}×{len(log_base)} matrix (one row per demonstration)")
+            teacher = KernelTeacher.from_probs(np.asarray(teacher, dtype=float))
+        log_D = demos_from_successes(log_base, reward) if demos is None else check_probs(demos, "demos")
+        return cls(log_base, reward, teacher, log_D, route=route, name=name)
+
+    def with_teacher(self, teacher, log_base=None) -> "Instance":
+        return replace(self, teacher=teacher,
+                       log_base=self.log_base if log_base is None else log_base)
+
+    def with_demos(self, log_demos) -> "Instance":
+        return replace(self, log_demos=log_demos)

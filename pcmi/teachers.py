@@ -1,0 +1,243 @@
+"""Teachers T(y | x, y'): the model with a demonstration y' in its context (theory.md §1).
+
+Every teacher answers one question, `demo_classes(log_D, tree)`: it streams groups of
+demonstrations as (log weight of the group under D, log T(h | y') on every prefix h of the
+tree) in chunks. Demonstrations that induce the same teacher share one group, so a route-copying
+teacher costs O(|Y|·K) and a general latent teacher O(|Y|·K) memory per chunk; no |Y|×|Y|
+matrix is built except by KernelTeacher, which is one by nature. All expectations over D
+(`expected_log_teacher`, `mixture_log_teacher`, `token_mixture_log`) are computed from that stream.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from scipy.special import logsumexp
+
+from graphworld.enumeration import PrefixTree
+
+from .distributions import check_log_probs, check_probs, log_normalize, safe_log
+from .errors import PcmiInputError
+
+CHUNK = 256
+
+
+def _check_unit(x, name, *, open_low=False, open_high=False) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise PcmiInputError(f"{name} must be a number, got {x!r}") from None
+    if not np.isfinite(x) or x < 0 or x > 1 or (open_low and x == 0) or (open_high and x == 1):
+        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+        raise PcmiInputError(f"{name} must lie in {lo}0, 1{hi}, got {x!r}")
+    return x
+
+
+def _mix(log_a: np.ndarray, a_weight: float, log_b: np.ndarray, b_weight: float) -> np.ndarray:
+    """log(a_weight·exp(log_a) + b_weight·exp(log_b))."""
+    return np.logaddexp(safe_log(a_weight) + log_a, safe_log(b_weight) + log_b)
+
+
+class LatentStrategyTeacher:
+    """T(y|y') = (1−eps)·Σ_z w_z P_z(y') P_z(y) / π0(y') + eps·π0(y), with π0 = Σ_z w_z P_z.
+
+    eps = 0 is the posterior predictive of an exchangeable joint (Bayesian in-context learning).
+    Strategies with disjoint supports ("route-copying") take the exact O(|Y|·K) path.
+    """
+
+    def __init__(self, log_w, log_P, eps: float):
+        self.log_w = check_log_probs(np.asarray(log_w, float), "strategy weights w")
+        log_P = np.atleast_2d(np.asarray(log_P, float))
+        if log_P.shape[0] != len(self.log_w):
+            raise PcmiInputError(f"got {len(self.log_w)} strategy weights but {log_P.shape[0]} strategy laws P_z")
+        self.log_P = check_log_probs(log_P, "strategy law P_z", axis=1)
+        self.eps = _check_unit(eps, "eps")
+        self.log_base = logsumexp(self.log_w[:, None] + self.log_P, axis=0)
+        support = np.isfinite(self.log_P) & np.isfinite(self.log_w)[:, None]
+        self.disjoint = bool(np.all(support.sum(axis=0) <= 1))
+        self._owner = np.where(support.any(axis=0), support.argmax(axis=0), -1)
+
+    @property
+    def n(self) -> int:
+        return self.log_P.shape[1]
+
+    @property
+    def n_strategies(self) -> int:
+        return self.log_P.shape[0]
+
+    @classmethod
+    def from_probs(cls, w, P, eps: float) -> "LatentStrategyTeacher":
+        return cls(check_probs(w, "strategy weights w"), check_probs(np.atleast_2d(P), "strategy law P_z", axis=1), eps)
+
+    @classmethod
+    def route_copying(cls, log_base, labels, eps: float) -> "LatentStrategyTeacher":
+        """Disjoint strategies = the label classes of the rollouts: w_z = π0(z), P_z = π0(· | z)."""
+        log_base, labels = np.asarray(log_base, float), np.asarray(labels)
+        if labels.shape != log_base.shape:
+            raise PcmiInputError(f"got {len(labels)} route labels for {len(log_base)} rollouts")
+        zs = [z for z in np.unique(labels) if np.isfinite(logsumexp(log_base[labels == z]))]
+        resp = np.array([np.where(labels == z, 0.0, -np.inf) for z in zs])
+        return cls.from_responsibilities(log_base, resp, eps)
+
+    @classmethod
+    def from_responsibilities(cls, log_base, log_resp, eps: float) -> "LatentStrategyTeacher":
+        """Strategies from responsibilities a_z(y) (Σ_z a_z(y) = 1): w_z = Σ_y π0(y) a_z(y),
+        P_z(y) = π0(y) a_z(y) / w_z, so that Σ_z w_z P_z = π0 exactly."""
+        log_base = np.asarray(log_base, float)
+        log_resp = check_log_probs(np.atleast_2d(log_resp), "responsibilities a_z(y)", axis=0)
+        joint = log_base[None, :] + log_resp
+        log_w = logsumexp(joint, axis=1)
+        keep = np.isfinite(log_w)
+        return cls(log_w[keep], joint[keep] - log_w[keep, None], eps)
+
+    def log_posterior(self, demo_idx) -> np.ndarray:
+        """log q(z | y') = log w_z + log P_z(y') − log π0(y'), shape (B, K)."""
+        demo_idx = np.asarray(demo_idx)
+        return (self.log_w[None, :] + self.log_P[:, demo_idx].T) - self.log_base[demo_idx, None]
+
+    def log_rows(self, demo_idx) -> np.ndarray:
+        """log T(y | y'_j) for the demonstrations j in demo_idx, shape (B, |Y|)."""
+        return self._log_teacher(self.log_posterior(demo_idx), self.log_P, self.log_base)
+
+    def _log_teacher(self, log_q, log_P_nodes, log_base_nodes):
+        inner = logsumexp(log_q[:, :, None] + log_P_nodes[None, :, :], axis=1)
+        return _mix(inner, 1 - self.eps, log_base_nodes[None, :], self.eps)
+
+    def demo_classes(self, log_D, tree: PrefixTree, chunk: int = CHUNK) -> Iterator[tuple]:
+        log_P_nodes = tree.prefix_logsumexp(self.log_P)
+        log_base_nodes = tree.prefix_logsumexp(self.log_base)
+        if self.disjoint:  # route-copying: a demonstration only tells its strategy z
+            owners = self._owner
+            for z in range(self.n_strategies):
+                lw = logsumexp(np.where(owners == z, log_D, -np.inf))
+                if np.isfinite(lw):
+                    yield np.array([lw]), _mix(log_P_nodes[z], 1 - self.eps, log_base_nodes, self.eps)[None, :]
+            return
+        demos = np.flatnonzero(np.isfinite(log_D))
+        for lo in range(0, len(demos), chunk):
+            idx = demos[lo:lo + chunk]
+            yield log_D[idx], self._log_teacher(self.log_posterior(idx), log_P_nodes, log_base_nodes)
+
+    def rebuilt(self, log_pi) -> "LatentStrategyTeacher":
+        """The teacher of a new model π (theory.md §4): same P_z, weights = π's strategy masses
+        m_z = Σ_y π(y) q(z | y) (exact for route-copying, where π = Σ_z m_z P_z stays true)."""
+        log_q = self.log_posterior(np.arange(self.n))  # (n, K)
+        log_m = logsumexp(np.asarray(log_pi)[:, None] + log_q, axis=0)
+        keep = np.isfinite(log_m)
+        return LatentStrategyTeacher(log_normalize(log_m[keep]), self.log_P[keep], self.eps)
+
+
+class CopyTeacher:
+    """T(y|y') = lam·1[y = y'] + (1−lam)·π0(y): copies the demonstration with probability lam."""
+
+    def __init__(self, log_base, lam: float):
+        self.log_base = check_log_probs(np.asarray(log_base, float), "base policy")
+        self.lam = _check_unit(lam, "lam")
+
+    @property
+    def n(self) -> int:
+        return len(self.log_base)
+
+    def log_rows(self, demo_idx) -> np.ndarray:
+        demo_idx = np.asarray(demo_idx)
+        rows = np.tile(safe_log(1 - self.lam) + self.log_base, (len(demo_idx), 1))
+        rows[np.arange(len(demo_idx)), demo_idx] = np.logaddexp(
+            safe_log(self.lam), rows[np.arange(len(demo_idx)), demo_idx])
+        return rows
+
+    def demo_classes(self, log_D, tree: PrefixTree, chunk: int = CHUNK) -> Iterator[tuple]:
+        log_base_nodes = tree.prefix_logsumexp(self.log_base)
+        demos = np.flatnonzero(np.isfinite(log_D))
+        for lo in range(0, len(demos), chunk):
+            idx = demos[lo:lo + chunk]
+            onehot = np.full((len(idx), self.n), -np.inf)
+            onehot[np.arange(len(idx)), idx] = 0.0
+            under = tree.prefix_logsumexp(onehot)  # 0 on the prefixes of y'_j, −inf elsewhere
+            yield log_D[idx], _mix(under, self.lam, log_base_nodes[None, :], 1 - self.lam)
+
+    def expected_log(self, log_D, tree: PrefixTree) -> np.ndarray:
+        """E_D log T(h|y') = D(h)·log(lam + (1−lam)π0(h)) + (1−D(h))·log((1−lam)π0(h)),
+        with D(h) the demonstration mass below h: O(|tree|), no per-demonstration work."""
+        base = tree.prefix_logsumexp(self.log_base)
+        d_in = np.exp(tree.prefix_logsumexp(log_D))
+        d_out = np.clip(1.0 - d_in, 0.0, 1.0)
+        on = _mix(np.zeros_like(base), self.lam, base, 1 - self.lam)
+        off = safe_log(1 - self.lam) + base
+        return _weighted(d_in, on) + _weighted(d_out, off)
+
+    def rebuilt(self, log_pi) -> "CopyTeacher":
+        return CopyTeacher(log_pi, self.lam)
+
+
+class KernelTeacher:
+    """An explicit row-stochastic matrix: row j is T(· | y'_j). |Y|×|Y|: small instances only."""
+
+    def __init__(self, log_T):
+        log_T = np.atleast_2d(np.asarray(log_T, float))
+        if log_T.ndim != 2 or log_T.shape[0] != log_T.shape[1]:
+            raise PcmiInputError(f"teacher must be a square |Y|×|Y| matrix, got shape {log_T.shape}")
+        self.log_T = check_log_probs(log_T, "teacher row", axis=1)
+
+    @classmethod
+    def from_probs(cls, T) -> "KernelTeacher":
+        T = np.asarray(T, dtype=float) if not isinstance(T, np.ndarray) else T
+        if T.ndim != 2:
+            raise PcmiInputError("teacher must be a list of rows (a |Y|×|Y| matrix)")
+        return cls(check_probs(T, "teacher row", axis=1))
+
+    @property
+    def n(self) -> int:
+        return self.log_T.shape[1]
+
+    def log_rows(self, demo_idx) -> np.ndarray:
+        return self.log_T[np.asarray(demo_idx)]
+
+    def demo_classes(self, log_D, tree: PrefixTree, chunk: int = CHUNK) -> Iterator[tuple]:
+        demos = np.flatnonzero(np.isfinite(log_D))
+        for lo in range(0, len(demos), chunk):
+            idx = demos[lo:lo + chunk]
+            yield log_D[idx], tree.prefix_logsumexp(self.log_T[idx])
+
+
+def _weighted(w: np.ndarray, log_t: np.ndarray) -> np.ndarray:
+    """w·log_t with 0·(−inf) = 0 (a demonstration of weight 0 costs nothing)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(w > 0, w * log_t, 0.0)
+
+
+def expected_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
+    """E_{y'∼D} log T(h | y') on every tree node h (leaves: E_D log T(y | y'))."""
+    if hasattr(teacher, "expected_log"):
+        return teacher.expected_log(log_D, tree)
+    total = np.zeros(tree.n_nodes)
+    for log_w, log_t in teacher.demo_classes(log_D, tree):
+        total += _weighted(np.exp(log_w)[:, None], log_t).sum(axis=0)
+    return total
+
+
+def mixture_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
+    """log E_{y'∼D} T(h | y') on every tree node (leaves: the forward-KL optimum)."""
+    acc = np.full(tree.n_nodes, -np.inf)
+    for log_w, log_t in teacher.demo_classes(log_D, tree):
+        acc = np.logaddexp(acc, logsumexp(log_w[:, None] + log_t, axis=0))
+    return acc
+
+
+def token_mixture_log(teacher, log_D, tree: PrefixTree) -> np.ndarray:
+    """log E_{y'∼D} T(a | h, y') for every non-root node h·a (demonstration weights held fixed);
+    a demonstration under which h has probability 0 contributes nothing at h."""
+    acc = np.full(tree.n_nodes, -np.inf)
+    par = tree.parent[1:]
+    for log_w, log_t in teacher.demo_classes(log_D, tree):
+        cond = np.full_like(log_t, -np.inf)
+        with np.errstate(invalid="ignore"):
+            c = log_t[:, 1:] - log_t[:, par]
+        cond[:, 1:] = np.where(np.isfinite(log_t[:, par]), c, -np.inf)
+        acc = np.logaddexp(acc, logsumexp(log_w[:, None] + cond, axis=0))
+    acc[0] = 0.0
+    return acc
+
+
+def leaf_rows(teacher, n: int) -> np.ndarray:
+    """The full |Y|×|Y| matrix log T(y | y'_j): for small instances and cross-checks only."""
+    return teacher.log_rows(np.arange(n))
