@@ -216,3 +216,31 @@ def js_optimum(inst, alpha: float, *, tol: float = 1e-12) -> JSResult:
     s = np.exp(log_s)
     resid = float(np.max(np.abs(g - s @ g)[s > 1e-300])) if s.any() else 0.0
     return JSResult(log_s, float(f), resid)
+
+
+# --- matching RL's leash to a target success ----------------------------------------------
+
+def rl_success(p0, beta: float):
+    """Success of π_RL ∝ π0·exp(r/β): p(β) = p0 / (p0 + (1 − p0)·exp(−1/β))."""
+    p0 = np.asarray(p0, float)
+    with np.errstate(divide="ignore"):
+        return np.exp(np.log(p0) - np.logaddexp(np.log(p0), np.log1p(-p0) - 1.0 / check_beta(beta)))
+
+
+def rl_beta_for_success(p0: float, p: float) -> float:
+    """The β with rl_success(p0, β) = p: β = 1 / (logit p − logit p0); needs p0 < p < 1."""
+    if not 0 < p0 < p < 1:
+        raise PcmiInputError(f"no β > 0 gives RL success {p!r} from base success {p0!r} (need p0 < p < 1)")
+    return float(1.0 / ((np.log(p) - np.log1p(-p)) - (np.log(p0) - np.log1p(-p0))))
+
+
+def rl_beta_for_mean_success(p0s, p: float) -> float:
+    """One β for many prompts so that the mean RL success equals p (bisection on 1/β)."""
+    from scipy.optimize import brentq
+    p0s = np.asarray(p0s, float)
+    lo_p, hi_p = p0s.mean(), float(np.mean(p0s > 0))
+    if not lo_p < p < hi_p:
+        raise PcmiInputError(f"mean RL success ranges over ({lo_p:.6g}, {hi_p:.6g}); {p!r} is outside")
+    inv = brentq(lambda ib: float(np.mean(rl_success(p0s, 1.0 / ib))) - p if ib > 0 else lo_p - p,
+                 1e-12, 1e6, xtol=1e-14, rtol=1e-14)
+    return float(1.0 / inv)
