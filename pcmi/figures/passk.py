@@ -36,10 +36,13 @@ def prompt_successes(graph=GRAPH, policy=POLICY, teacher=TEACHER) -> dict:
         log_pis.append((task, inst, z, blocked, sdsd_optimum(inst)))
     p0 = np.array([success(inst.log_base, inst.reward) for _, inst, _, _, _ in log_pis])
     psd = np.array([success(sd, inst.reward) for _, inst, _, _, sd in log_pis])
-    try:
-        beta = rl_beta_for_mean_success(p0, float(psd.mean()))
-    except PcmiInputError:  # SDSD's mean success is not reachable by any RL leash
-        beta = None
+    if np.all(p0 >= 1 - 1e-12):
+        beta = 1.0  # every rollout correct: π_RL = π0 for every β (P1 with r ≡ 1)
+    else:
+        try:
+            beta = rl_beta_for_mean_success(p0, float(psd.mean()))
+        except PcmiInputError:  # SDSD's mean success is not reachable by any RL leash
+            beta = None
     prompts = []
     for (task, inst, z, blocked, sd), a, b in zip(log_pis, p0, psd):
         rl = rl_optimum(inst.log_base, inst.reward, beta) if beta else None
