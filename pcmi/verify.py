@@ -98,12 +98,16 @@ def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False) -> int
         raise ValueError(f"--examples must be >= 1, got {examples}")
     reports = verify_all(examples, seed, progress=not as_json)
     statements = {name: text for name, _, text, _, _ in ROWS}
-    ok = all(r.held == r.tried for r in reports if r.kind == "universal")
+    from .symbolic import all_proofs
+    proofs = all_proofs()
+    ok = all(r.held == r.tried for r in reports if r.kind == "universal") and all(p.proved for p in proofs)
     if as_json:
         print(json.dumps({"seed": seed, "examples": examples, "all_universal_hold": ok, "rows": [
             {"proposition": r.name, "kind": r.kind, "statement": statements[r.name], "tried": r.tried,
              "held": r.held, "skipped": r.skipped, "hold_rate": r.hold_rate, "smallest_margin": r.smallest_margin,
-             "counterexample": r.counterexample} for r in reports]}, indent=1))
+             "counterexample": r.counterexample} for r in reports],
+            "symbolic": [{"name": p.name, "statement": p.statement, "proved": p.proved,
+                          "steps": [{"step": st, "ok": bool(o)} for st, o in p.steps]} for p in proofs]}, indent=1))
     else:
         print(f"{'prop':<12} {'kind':<10} {'tried':>5} {'held':>5} {'rate':>7} {'min margin':>11}  statement")
         for r in reports:
@@ -114,5 +118,6 @@ def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False) -> int
                 ce = r.counterexample
                 print(f"\n{r.name} smallest counterexample (n={ce['instance']['n']}, margin {ce['margin']:.3g}): "
                       f"{json.dumps(ce['instance'])}")
+        print("\nsymbolic (sympy): " + ", ".join(f"{p.name} {'proved' if p.proved else 'NOT PROVED'}" for p in proofs))
         print("\nall universal propositions hold" if ok else "\nA UNIVERSAL PROPOSITION FAILED")
     return 0 if ok else 1

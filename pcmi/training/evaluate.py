@@ -1,0 +1,142 @@
+"""Exact evaluation through the network: enumerate Y(x) (graphworld.enumerate_rollouts), read off
+π_θ, its metrics, the model teacher T_θ(y | y') and the closed-form optima of pcmi.
+
+Y(x) is the prefix tree of valid moves plus STOP; at each prefix every other token (a non-edge,
+STOP away from t, BOS/SEP/DEMO) pools into one FAIL leaf, so Σ_y π_θ(y) = 1 exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+
+import pcmi
+from graphworld import FAIL, STOP, concept_edges, dominant_route, enumerate_rollouts
+from pcmi.teachers import KernelTeacher, LatentStrategyTeacher
+
+from .rollouts import prompt_ids
+
+
+class ModelPolicy:
+    """graphworld policy adapter: next_logprobs(task, paths) from the network with a fixed context
+    ("[DEMO y' SEP] BOS s t"); tokens = graph nodes, STOP, and FAIL pooling BOS/SEP/DEMO."""
+    has_stop = True
+
+    def __init__(self, model, world, prompt: int, demo=None, device="cpu"):
+        self.model, self.world = model, world
+        self.ctx = prompt_ids(world, [prompt], None if demo is None else [demo], device=device)[0]
+        v = world.vocab
+        self.keys = list(v.nodes) + [STOP]
+        self.key_ids = list(range(v.n_nodes)) + [v.special("STOP")]
+        self.fail_ids = [v.special(n) for n in ("BOS", "SEP", "DEMO")]
+
+    @torch.no_grad()
+    def next_logprobs(self, task, paths) -> list[dict]:
+        v = self.world.vocab
+        rows = torch.tensor([[v.node_id(u) for u in p[1:]] for p in paths], dtype=torch.long,
+                            device=self.ctx.device).view(len(paths), -1)           # (B, depth)
+        ids = torch.cat([self.ctx.expand(len(paths), -1), rows], dim=1)             # (B, Tc + depth)
+        lp = torch.log_softmax(self.model(ids)[:, -1].double(), dim=-1).cpu().numpy()  # (B, V)
+        out = []
+        for row in lp:
+            d = dict(zip(self.keys, row[self.key_ids].tolist()))
+            d[FAIL] = float(logsumexp(row[self.fail_ids]))
+            out.append(d)
+        return out
+
+
+def enumerate_model(model, world, prompt: int, demo=None, device="cpu"):
+    """Y(x) with exact log π_θ(y | x [, y'])."""
+    model.eval()
+    return enumerate_rollouts(world.laws[prompt].task, ModelPolicy(model, world, prompt, demo, device))
+
+
+def _same_tree(a, b) -> None:
+    if a.paths != b.paths:
+        raise RuntimeError("enumerations of one prompt gave different rollout sets")
+
+
+def model_teacher(model, world, prompt: int, base, device="cpu") -> KernelTeacher:
+    """T_θ(y | y') over the base enumeration's Y(x): row j by enumerating with y'_j in context
+    (correct rollouts only; other rows, which D never uses, are set to the base row)."""
+    rows = np.tile(base.log_prob, (len(base), 1))
+    for j in np.flatnonzero(base.reward == 1):
+        rs = enumerate_model(model, world, prompt, demo=base.paths[j], device=device)
+        _same_tree(base, rs)
+        rows[j] = rs.log_prob
+    return KernelTeacher(rows)
+
+
+def data_law_on(world, prompt: int, rollouts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log π_data(y), log w_z, log P_z(y)) over the enumerated rollouts (0 mass off the data support)."""
+    law = world.laws[prompt]
+    where = {p: i for i, p in enumerate(rollouts.paths)}
+    log_data = np.full(len(rollouts), -np.inf)
+    for p, lp in zip(law.paths, law.log_prob):
+        log_data[where[tuple(p)]] = lp
+    routes = np.unique(law.route)
+    log_P = np.array([np.where(rollouts.route == z, log_data, -np.inf) for z in routes])
+    log_w = logsumexp(log_P, axis=1)
+    return log_data, log_w, log_P - log_w[:, None]
+
+
+def teacher_fit(model_T: KernelTeacher, world, prompt: int, rollouts) -> dict:
+    """How far the model's in-context teacher is from the exact Bayesian one
+    (LatentStrategyTeacher(w, P, eps=0) of the data law), averaged over y' ~ π_data."""
+    log_data, log_w, log_P = data_law_on(world, prompt, rollouts)
+    exact = LatentStrategyTeacher(log_w, log_P, eps=0.0)
+    demos = np.flatnonzero(np.isfinite(log_data))
+    wts = np.exp(log_data[demos])
+    ex_rows = exact.log_rows(demos)
+    tv = np.array([pcmi.total_variation(ex_rows[i], model_T.log_T[j]) for i, j in enumerate(demos)])
+    kl = np.array([pcmi.kl(ex_rows[i], model_T.log_T[j]) for i, j in enumerate(demos)])
+    return {"teacher_tv": float(wts @ tv), "teacher_kl_exact_to_model": float(wts @ kl),
+            "base_tv_to_data": pcmi.total_variation(log_data, rollouts.log_prob),
+            "base_kl_data_to_model": pcmi.kl(log_data, rollouts.log_prob)}
+
+
+def closed_form_predictions(base, teacher, beta: float) -> dict:
+    """The pcmi optima from the pretrained model itself: D = π_θ0(· | r = 1), T = T_θ0."""
+    inst = pcmi.Instance(base.log_prob, base.reward, teacher,
+                         pcmi.demos_from_successes(base.log_prob, base.reward),
+                         route=base.route, tree=base.tree)
+    return {"sdsd_sequence": pcmi.sdsd_optimum(inst), "sdsd_token": pcmi.sdsd_token_optimum(inst),
+            "forward_kl": pcmi.forward_kl_optimum(inst), "rl": pcmi.rl_optimum(base.log_prob, base.reward, beta),
+            "base": base.log_prob}
+
+
+def distances(log_pi, predictions: dict) -> dict:
+    """TV(π, π_pred) and KL(π ‖ π_pred) to each prediction."""
+    out = {}
+    for name, lq in predictions.items():
+        out[f"tv_{name}"] = pcmi.total_variation(log_pi, lq)
+        out[f"kl_{name}"] = pcmi.kl(log_pi, lq)
+    return out
+
+
+def evaluate_prompt(models: dict, world, prompt: int, beta: float, ks=(1, 8, 64), device="cpu") -> dict:
+    """Everything for one prompt. models: {"base": θ0, "rl": θ_RL, "sdsd": θ_SD} (any subset with base)."""
+    base = enumerate_model(models["base"], world, prompt, device=device)
+    teacher = model_teacher(models["base"], world, prompt, base, device=device)
+    preds = closed_form_predictions(base, teacher, beta)
+    g = world.graph
+    z_dom = dominant_route(base)
+    blocked = base.uses_edges(concept_edges(g, z_dom))
+    out = {"prompt": [str(world.laws[prompt].task.source), str(world.laws[prompt].task.target)],
+           "n_rollouts": len(base), "n_correct": int(base.reward.sum()), "dominant_route": int(z_dom),
+           **teacher_fit(teacher, world, prompt, base), "policies": {}, "log_probs": {}}
+    for name, model in models.items():
+        rs = base if name == "base" else enumerate_model(model, world, prompt, device=device)
+        _same_tree(base, rs)
+        m = pcmi.policy_metrics(rs.log_prob, base.log_prob, base.reward, route=base.route, blocked=blocked, ks=ks)
+        m["total_prob"] = float(np.exp(logsumexp(rs.log_prob)))
+        m["distances"] = distances(rs.log_prob, preds)
+        out["policies"][name] = m
+        out["log_probs"][name] = rs.log_prob.tolist()
+    for name, lq in preds.items():
+        m = pcmi.policy_metrics(lq, base.log_prob, base.reward, route=base.route, blocked=blocked, ks=ks)
+        out["policies"][f"pred_{name}"] = m
+        out["log_probs"][f"pred_{name}"] = lq.tolist()
+    out["reward"] = base.reward.tolist()
+    out["route"] = base.route.tolist()
+    return out
