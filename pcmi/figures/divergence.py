@@ -93,6 +93,6 @@ def draw(data):
         t = d["teacher"]
         ax.set_title(f"{name} teacher ({', '.join(f'{k}={v}' for k, v in t.items() if k != 'kind')})")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Optima of each objective on {data['graph']}, first prompt "
+    fig.suptitle(f"Optima of each objective on {data['graph']}, first prompt\n"
                  "(grey line: JS family from forward α=0 to reverse α=1)", fontsize=10)
     return fig

@@ -79,6 +79,6 @@ def draw(data):
     b.set_ylabel("log π(y | correct) − log π0(y | correct)")
     b.set_title("Tilt among correct paths (RL: open squares, SDSD: dots)")
     b.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"PCMI tilt on {data['graph']}, prompt {data['prompt'][0]}→{data['prompt'][1]}, "
+    fig.suptitle(f"PCMI tilt on {data['graph']}, prompt {data['prompt'][0]}→{data['prompt'][1]},\n"
                  f"route-copying teacher eps={data['teacher']['eps']}", fontsize=10)
     return fig

@@ -90,6 +90,6 @@ def draw(data):
     b.set_ylabel("TV distance between π_tok and π_SD")
     b.set_title("Along each sweep")
     b.legend(fontsize=8)
-    fig.suptitle(f"Token-level vs sequence-level SDSD on {data['graph']}, first prompt, STOP pref "
+    fig.suptitle(f"Token-level vs sequence-level SDSD on {data['graph']}, first prompt,\nSTOP preference "
                  f"{data['policy'].get('stop_pref')}", fontsize=10)
     return fig
