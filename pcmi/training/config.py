@@ -16,12 +16,13 @@ class TrainConfig:
     pref_scale: float = 1.0       # std of the edge preferences that set the data law
     # pretraining data law: route z ~ w(x), path ~ P_z, demo ~ P_z with probability p_demo
     p_demo: float = 0.5           # probability that a pretraining sequence carries a demonstration
+    p_wrong: float = 0.3          # weight of the "wrong target" strategy (base success ≈ 1 − p_wrong)
     # model (nanoGPT-style decoder)
     n_layer: int = 2              # transformer blocks
     n_head: int = 2               # attention heads
     n_embd: int = 32              # width C
     # pretraining
-    pretrain_steps: int = 120     # optimizer steps of next-token pretraining
+    pretrain_steps: int = 150     # optimizer steps of next-token pretraining
     pretrain_batch: int = 64      # sequences per pretraining step
     pretrain_lr: float = 3e-3     # AdamW learning rate for pretraining
     # post-training (shared by RL and SDSD)
@@ -35,7 +36,7 @@ class TrainConfig:
     scale_adv_by_std: bool = False  # GRPO divides by the group std; False = Dr. GRPO (keeps the β optimum)
     # SDSD
     alpha: float = 1.0            # divergence: 1 reverse KL(S‖T), 0 forward KL(T‖S), else JS_α
-    teacher: str = "live"         # "live" (current network), "ema" (EMA of it) or "frozen" (the base)
+    teacher: str = "frozen"       # "frozen" (the pretrained model = EMA rate 0), "live" (current network), "ema"
     ema_rate: float = 0.05        # EMA teacher update rate per step
     # evaluation / bookkeeping
     ks: tuple = (1, 8, 64)        # pass@k and distinct-correct@k

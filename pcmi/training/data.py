@@ -6,7 +6,13 @@ edge policy π_data(v | u) = softmax(pref) over successors that still reach t. A
 
     [DEMO y' SEP] BOS s t y STOP,   z ~ w(x),  y ~ P_z,  y' ~ P_z (independently) w.p. p_demo,
 
-so the in-context law of y given y' is the posterior predictive Σ_z q(z | y') P_z(y) with
+plus one "misconception" strategy z = wrong of weight p_wrong whose paths (and demonstrations)
+go to another target t' ≠ t (valid edges, wrong end: reward 0). Route z ≠ wrong has weight
+(1 − p_wrong)·w_z(x). A converged base model therefore succeeds with probability ≈ 1 − p_wrong,
+while with a correct demonstration in context the posterior on "wrong" is 0: the teacher is more
+accurate than the student, as in self-distillation on reasoning tasks.
+
+The in-context law of y given y' is the posterior predictive Σ_z q(z | y') P_z(y) with
 q(z | y') ∝ w_z P_z(y'): pcmi.LatentStrategyTeacher(w, P, eps=0). Loss on completion tokens only.
 """
 from __future__ import annotations
@@ -26,6 +32,12 @@ class PromptLaw:
     paths: list
     log_prob: np.ndarray
     route: np.ndarray
+    wrong_paths: list            # paths s → t' ≠ t (the misconception strategy)
+    wrong_log_prob: np.ndarray   # their law P_wrong (uniform over t', edge law within)
+
+    def sample_wrong(self, rng: np.random.Generator) -> tuple:
+        p = np.exp(self.wrong_log_prob)
+        return self.wrong_paths[int(rng.choice(len(p), p=p / p.sum()))]
 
     def sample(self, rng: np.random.Generator, route: int | None = None) -> int:
         """Index of a path ~ π_data, or ~ P_route when route is given."""
@@ -40,6 +52,7 @@ class World:
     vocab: Vocab
     laws: list          # one PromptLaw per prompt
     max_len: int        # L: moves per correct path (all equal in a multi_route_dag)
+    p_wrong: float      # weight of the misconception strategy
 
     @property
     def tasks(self) -> list:
@@ -64,22 +77,36 @@ def make_world(cfg) -> World:
         task = Task(g, s, t, L)
         rs = enumerate_rollouts(task, EdgePolicy(goal_aware=True))
         ok = rs.reward == 1
-        laws.append(PromptLaw(task, [rs.paths[i] for i in np.flatnonzero(ok)], rs.log_prob[ok], rs.route[ok]))
-    return World(g, Vocab.of(g), laws, L)
+        others = [u for u in g.graph["targets"] if u != t] if "targets" in g.graph else \
+            [u for u in g if g.nodes[u].get("role") == "target" and u != t]
+        wrong, wrong_lp = [], []
+        for u in others:
+            rw = enumerate_rollouts(Task(g, s, u, L), EdgePolicy(goal_aware=True))
+            wrong += list(rw.paths)
+            wrong_lp += (rw.log_prob - np.log(len(others))).tolist()
+        laws.append(PromptLaw(task, [rs.paths[i] for i in np.flatnonzero(ok)], rs.log_prob[ok], rs.route[ok],
+                              wrong, np.array(wrong_lp)))
+    return World(g, Vocab.of(g), laws, L, cfg.p_wrong if cfg.n_targets > 1 else 0.0)
 
 
-def pretraining_batch(world: World, batch: int, p_demo: float, rng: np.random.Generator):
+def pretraining_batch(world: World, batch: int, p_demo: float, p_wrong: float, rng: np.random.Generator):
     """(inputs (B, T), targets (B, T), loss mask (B, T)): next-token pairs, right-padded with STOP,
     loss only where the target is a completion token."""
     rows, starts = [], []
     for _ in range(batch):
         law = world.laws[int(rng.integers(len(world.laws)))]
-        i = law.sample(rng)
         demo = None
-        if rng.random() < p_demo:
-            demo = law.paths[law.sample(rng, route=int(law.route[i]))]
+        if law.wrong_paths and rng.random() < p_wrong:     # z = wrong: y and y' both from P_wrong
+            path = law.sample_wrong(rng)
+            if rng.random() < p_demo:
+                demo = law.sample_wrong(rng)
+        else:                                               # z = a route: y, y' ~ P_z
+            i = law.sample(rng)
+            path = law.paths[i]
+            if rng.random() < p_demo:
+                demo = law.paths[law.sample(rng, route=int(law.route[i]))]
         ctx = world.vocab.encode_prompt(law.task.source, law.task.target, demo)
-        rows.append(ctx + world.vocab.encode_completion(law.paths[i]))
+        rows.append(ctx + world.vocab.encode_completion(path))
         starts.append(len(ctx))
     T = max(map(len, rows))
     ids = torch.full((batch, T), world.ids("STOP"), dtype=torch.long)

@@ -68,14 +68,21 @@ def model_teacher(model, world, prompt: int, base, device="cpu") -> KernelTeache
 
 
 def data_law_on(world, prompt: int, rollouts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(log π_data(y), log w_z, log P_z(y)) over the enumerated rollouts (0 mass off the data support)."""
+    """(log π_data(y), log w_z, log P_z(y)) over the enumerated rollouts. Strategies: the routes
+    (weight (1 − p_wrong)·w_z) and "wrong target" (weight p_wrong), whose paths s → … → t' fall
+    in the FAIL leaf of their last correct-looking prefix."""
     law = world.laws[prompt]
     where = {p: i for i, p in enumerate(rollouts.paths)}
-    log_data = np.full(len(rollouts), -np.inf)
-    for p, lp in zip(law.paths, law.log_prob):
-        log_data[where[tuple(p)]] = lp
+    log_keep = np.log1p(-world.p_wrong)
     routes = np.unique(law.route)
-    log_P = np.array([np.where(rollouts.route == z, log_data, -np.inf) for z in routes])
+    log_P = np.full((len(routes) + (world.p_wrong > 0), len(rollouts)), -np.inf)
+    for p, lp, z in zip(law.paths, law.log_prob, law.route):
+        log_P[np.searchsorted(routes, z), where[tuple(p)]] = log_keep + lp
+    if world.p_wrong > 0:
+        for p, lp in zip(law.wrong_paths, law.wrong_log_prob):
+            j = where[tuple(p[:-1]) + (FAIL,)]
+            log_P[-1, j] = np.logaddexp(log_P[-1, j], np.log(world.p_wrong) + lp)
+    log_data = logsumexp(log_P, axis=0)
     log_w = logsumexp(log_P, axis=1)
     return log_data, log_w, log_P - log_w[:, None]
 
@@ -85,8 +92,8 @@ def teacher_fit(model_T: KernelTeacher, world, prompt: int, rollouts) -> dict:
     (LatentStrategyTeacher(w, P, eps=0) of the data law), averaged over y' ~ π_data."""
     log_data, log_w, log_P = data_law_on(world, prompt, rollouts)
     exact = LatentStrategyTeacher(log_w, log_P, eps=0.0)
-    demos = np.flatnonzero(np.isfinite(log_data))
-    wts = np.exp(log_data[demos])
+    demos = np.flatnonzero(np.isfinite(log_data) & (rollouts.reward == 1))  # correct demonstrations
+    wts = np.exp(log_data[demos] - logsumexp(log_data[demos]))
     ex_rows = exact.log_rows(demos)
     tv = np.array([pcmi.total_variation(ex_rows[i], model_T.log_T[j]) for i, j in enumerate(demos)])
     kl = np.array([pcmi.kl(ex_rows[i], model_T.log_T[j]) for i, j in enumerate(demos)])

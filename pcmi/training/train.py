@@ -76,6 +76,7 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
         if ck.get("ema") is not None:
             teacher.load_state_dict(ck["ema"])
         state = ck["state"]
+    state["steps_this_call"] = 0
     if state["done"]:
         return state
 
@@ -108,6 +109,7 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in log.items() if k in ("loss", "success")})
         steps_this_call += 1
+        state["steps_this_call"] = steps_this_call
         if stop_after is not None and steps_this_call >= stop_after and not state["done"]:
             raise StageInterrupted(f"{stage} stopped after {steps_this_call} steps (simulated kill)")
     if bar is not None:
@@ -119,14 +121,14 @@ def _progress(stage, total, initial, enabled):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=stage, leave=False)
+    return tqdm(total=total, initial=initial, desc=stage, leave=False, mininterval=2.0)
 
 
 # ----------------------------------------------------------------------------- pretraining
 def pretrain_step(model, opt, world, cfg, rng, device):
     """Next-token cross-entropy on completion tokens of a batch from the data law."""
     from .data import pretraining_batch
-    x, y, mask = pretraining_batch(world, cfg.pretrain_batch, cfg.p_demo, rng)
+    x, y, mask = pretraining_batch(world, cfg.pretrain_batch, cfg.p_demo, cfg.p_wrong, rng)
     x, y, mask = x.to(device), y.to(device), mask.to(device)
     logits = model(x)                                                       # (B, T, V)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
@@ -135,7 +137,7 @@ def pretrain_step(model, opt, world, cfg, rng, device):
     loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return {"loss": float(loss), "grad_norm": float(gnorm)}, int(x.numel())
+    return {"loss": loss.item(), "grad_norm": float(gnorm)}, int(x.numel())
 
 
 def _prompts(world, cfg, rng) -> list:
@@ -165,7 +167,7 @@ def rl_step(model, ref_model, opt, world, cfg, rng, gen, valid):
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     tokens = 3 * ro.n * (ctx.shape[1] + ro.tokens.shape[1])                # sample + policy + reference
-    return {"loss": float(loss), "success": float(ro.reward.mean()), "kl_ref": float(kl_seq.mean()),
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "kl_ref": float(kl_seq.mean()),
             "grad_norm": float(gnorm)}, tokens
 
 
@@ -211,7 +213,7 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid):
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + teacher_ctx.shape[1] + student_ctx.shape[1])
-    return {"loss": float(loss), "success": float(ro.reward.mean()), "grad_norm": float(gnorm),
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": float(gnorm),
             "masked_only_success": n_only, "skipped_prompts": n_skipped,
             "demo_fraction": float(has_demo.float().mean())}, tokens
 
