@@ -86,8 +86,17 @@ def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
         a = s * d
         return np.diag(a + s) - np.outer(a, s) - np.outer(s, a) - np.outer(s, s)
 
-    res = minimize(fun, np.zeros(support.sum()), jac=jac, hess=hess, method="trust-exact",
-                   options={"gtol": 1e-15, "maxiter": 2000})
+    u0 = np.zeros(support.sum())
+    if np.max(np.abs(jac(u0))) < 1e-15:  # the uniform policy is already optimal
+        res_x = u0
+    else:
+        try:
+            res_x = minimize(fun, u0, jac=jac, hess=hess, method="trust-exact",
+                             options={"gtol": 1e-15, "maxiter": 2000}).x
+        except (UnboundLocalError, np.linalg.LinAlgError):  # scipy's trust-exact on a flat start
+            res_x = minimize(fun, u0, jac=jac, hess=hess, method="trust-krylov",
+                             options={"gtol": 1e-15, "maxiter": 2000}).x
+    res = type("R", (), {"x": res_x})
     out = np.full(inst.n, -np.inf)
     out[support] = log_softmax(res.x)
     return out

@@ -1,0 +1,133 @@
+"""Hypothesis strategies for pcmi objects, composed from small pieces (like dit's `testing`).
+
+Pieces: log-weights with extreme spreads → distributions → strategy laws → teachers →
+instances; graphs → tasks → graph instances; β and eps including values near their edges.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from scipy.special import log_softmax
+
+from graphworld import EdgePolicy, Task, multi_route_dag
+
+from .instance import Instance, demos_from_successes
+from .teachers import CopyTeacher, KernelTeacher, LatentStrategyTeacher
+
+# logits spanning e^-60 .. 1 relative mass: near-zero probabilities without exact zeros
+logit = st.floats(min_value=-60.0, max_value=0.0, allow_nan=False, allow_infinity=False)
+betas = st.one_of(st.sampled_from([1e-12, 1e-6, 1e-3, 1e3, 1e6, 1e12]),
+                  st.floats(min_value=1e-3, max_value=1e3, allow_nan=False))
+eps_open = st.one_of(st.sampled_from([1e-9, 1e-6, 1 - 1e-6, 1 - 1e-9]),
+                     st.floats(min_value=1e-4, max_value=1 - 1e-4))
+eps_closed = st.one_of(st.just(0.0), st.just(1.0), eps_open)
+
+
+@st.composite
+def log_distributions(draw, n=None, min_n: int = 2, max_n: int = 8):
+    """A log-distribution over n outcomes (n drawn if not given)."""
+    n = draw(st.integers(min_n, max_n)) if n is None else n
+    return log_softmax(np.array(draw(st.lists(logit, min_size=n, max_size=n))))
+
+
+@st.composite
+def rewards(draw, n: int, all_correct: bool = False):
+    if all_correct:
+        return np.ones(n, dtype=np.int64)
+    r = np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)), dtype=np.int64)
+    r[draw(st.integers(0, n - 1))] = 1
+    return r
+
+
+@st.composite
+def disjoint_laws(draw, max_k: int = 4, max_m: int = 3):
+    """(log_w, log_P, route) for disjoint strategies (route-copying)."""
+    sizes = draw(st.lists(st.integers(1, max_m), min_size=2, max_size=max_k))
+    route = np.repeat(np.arange(len(sizes)), sizes)
+    log_P = np.full((len(sizes), len(route)), -np.inf)
+    for z, m in enumerate(sizes):
+        log_P[z, route == z] = draw(log_distributions(n=m)) if m > 1 else 0.0
+    return draw(log_distributions(n=len(sizes))), log_P, route
+
+
+@st.composite
+def overlapping_laws(draw, max_n: int = 6, max_k: int = 3):
+    """(log_w, log_P) for strategies with full-support laws over n rollouts."""
+    n, k = draw(st.integers(2, max_n)), draw(st.integers(2, max_k))
+    return draw(log_distributions(n=k)), np.stack([draw(log_distributions(n=n)) for _ in range(k)])
+
+
+@st.composite
+def route_copying_instances(draw, all_correct: bool = True, eps=eps_open):
+    log_w, log_P, route = draw(disjoint_laws())
+    t = LatentStrategyTeacher(log_w, log_P, draw(eps))
+    r = draw(rewards(len(route), all_correct))
+    return Instance(t.log_base, r, t, demos_from_successes(t.log_base, r), route=route)
+
+
+@st.composite
+def latent_instances(draw, eps=eps_closed, all_correct: bool = False):
+    log_w, log_P = draw(overlapping_laws())
+    t = LatentStrategyTeacher(log_w, log_P, draw(eps))
+    r = draw(rewards(t.n, all_correct))
+    return Instance(t.log_base, r, t, demos_from_successes(t.log_base, r),
+                    route=np.argmax(log_w[:, None] + log_P, axis=0))
+
+
+@st.composite
+def kernel_instances(draw, max_n: int = 6):
+    n = draw(st.integers(2, max_n))
+    lb = draw(log_distributions(n=n))
+    rows = np.stack([draw(log_distributions(n=n)) for _ in range(n)])
+    r = draw(rewards(n))
+    return Instance(lb, r, KernelTeacher(rows), demos_from_successes(lb, r))
+
+
+@st.composite
+def copy_instances(draw, max_n: int = 6):
+    lb = draw(log_distributions(max_n=max_n))
+    r = draw(rewards(len(lb)))
+    return Instance(lb, r, CopyTeacher(lb, draw(st.floats(0.0, 1 - 1e-6))), demos_from_successes(lb, r))
+
+
+def explicit_instances():
+    """Any finite instance: route-copying, overlapping latent, copy or explicit kernel."""
+    return st.one_of(route_copying_instances(all_correct=False), latent_instances(eps=eps_open),
+                     kernel_instances(), copy_instances())
+
+
+@st.composite
+def graphs(draw, max_routes: int = 3, max_depth: int = 2, max_branching: int = 2, n_targets=None):
+    """A seeded multi-route DAG with one source (and 1–2 targets unless given)."""
+    return multi_route_dag(draw(st.integers(2, max_routes)), draw(st.integers(0, max_depth)),
+                           draw(st.integers(1, max_branching)), seed=draw(st.integers(0, 2**31 - 1)),
+                           n_sources=1, n_targets=draw(st.integers(1, 2)) if n_targets is None else n_targets,
+                           pref_scale=draw(st.sampled_from([0.5, 1.0, 4.0])))
+
+
+@st.composite
+def edge_policies(draw):
+    return EdgePolicy(temperature=draw(st.sampled_from([0.25, 1.0, 3.0])),
+                      stop_pref=draw(st.one_of(st.none(), st.floats(-3.0, 3.0))))
+
+
+@st.composite
+def teacher_specs(draw):
+    kind = draw(st.sampled_from(["route_copying", "soft_route", "copy"]))
+    if kind == "copy":
+        return {"kind": "copy", "lam": draw(st.floats(0.0, 0.999))}
+    spec = {"kind": kind, "eps": draw(st.floats(1e-3, 0.999))}
+    if kind == "soft_route":
+        spec["sharpness"] = draw(st.floats(0.0, 8.0))
+    return spec
+
+
+@st.composite
+def graph_instances(draw, teacher=None, n_targets=None, extra_len: int = 2):
+    """(Instance, RolloutSet) of one prompt of a generated graph."""
+    from .graph_instance import graph_instance
+    g = draw(graphs(n_targets=n_targets))
+    s, t = g.graph["prompts"][0]
+    import networkx as nx
+    task = Task(g, s, t, nx.shortest_path_length(g, s, t) + extra_len)
+    return graph_instance(task, draw(edge_policies()), draw(teacher_specs()) if teacher is None else teacher)
