@@ -170,9 +170,9 @@ def test_tiny_summary_is_complete(tiny_run):
             pol = p["policies"][name]
             assert abs(pol["total_prob"] - 1) < 1e-9
             assert {"pass@1", "pass@64", "distinct_correct@64", "strategy_mass_entropy", "ood_success"} <= set(pol)
-            assert {"tv_sdsd_sequence", "tv_sdsd_token", "tv_rl", "tv_base", "kl_rl"} <= set(pol["distances"])
+            assert {"tv_sdsd_sequence", "tv_sdsd_token", "tv_sdsd_onpolicy", "tv_rl", "tv_base", "kl_rl"} <= set(pol["distances"])
         assert 0 <= p["teacher_tv"] <= 1
-    assert set(s["theory_check"]) == {"rl", "sdsd"}
+    assert set(s["theory_check"]) == {"rl->rl", "sdsd->sdsd_token", "sdsd->sdsd_onpolicy"}
     h = s["stages"]["sdsd"]["history"]
     assert all({"masked_only_success", "skipped_prompts"} <= set(r) for r in h)
 

@@ -108,8 +108,23 @@ def closed_form_predictions(base, teacher, beta: float) -> dict:
                          pcmi.demos_from_successes(base.log_prob, base.reward),
                          route=base.route, tree=base.tree)
     return {"sdsd_sequence": pcmi.sdsd_optimum(inst), "sdsd_token": pcmi.sdsd_token_optimum(inst),
+            "sdsd_onpolicy": sdsd_onpolicy_fixed_point(inst),
             "forward_kl": pcmi.forward_kl_optimum(inst), "rl": pcmi.rl_optimum(base.log_prob, base.reward, beta),
             "base": base.log_prob}
+
+
+def sdsd_onpolicy_fixed_point(inst, rounds: int = 500, tol: float = 1e-9) -> np.ndarray:
+    """What the trainer converges to with a fixed teacher T_θ0 but on-policy demonstrations
+    (a correct sibling from the current group): iterate π_{k+1} = sdsd_token_optimum with
+    D_k = π_k(· | r = 1), starting from π0, until TV(π_{k+1}, π_k) < tol."""
+    log_pi = inst.log_base
+    for _ in range(rounds):
+        new = pcmi.sdsd_token_optimum(inst.with_demos(pcmi.demos_from_successes(log_pi, inst.reward)))
+        done = pcmi.total_variation(new, log_pi) < tol
+        log_pi = new
+        if done:
+            break
+    return log_pi
 
 
 def distances(log_pi, predictions: dict) -> dict:

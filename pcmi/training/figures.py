@@ -56,10 +56,12 @@ def write_figures(summary: dict, out: str) -> list[str]:
     _save(fig, paths[-1])
     plt.close(fig)
     # 3. theory vs training: predicted vs trained log-probs, every rollout of every prompt
-    trained = [m for m in ("rl", "sdsd") if m in summary["prompts"][0]["policies"]]
-    fig, ax = plt.subplots(1, len(trained), figsize=(4.4 * len(trained), 4), squeeze=False)
-    own = {"rl": "pred_rl", "sdsd": "pred_sdsd_token"}
-    for a, m in zip(ax[0], trained):
+    panels = [(m, pred) for m, pred in (("rl", "pred_rl"), ("sdsd", "pred_sdsd_token"), ("sdsd", "pred_sdsd_onpolicy"))
+              if m in summary["prompts"][0]["policies"]]
+    fig, ax = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4), squeeze=False)
+    own = dict(panels)
+    for a, (m, pred) in zip(ax[0], panels):
+        own = {m: pred}
         x = np.concatenate([q["log_probs"][own[m]] for q in summary["prompts"]])
         y = np.concatenate([q["log_probs"][m] for q in summary["prompts"]])
         r = np.concatenate([q["reward"] for q in summary["prompts"]])

@@ -20,7 +20,7 @@ METHODS = {"rl": ["rl"], "sdsd": ["sdsd"], "both": ["rl", "sdsd"]}
 SCALARS = ("success", "pass@1", "pass@8", "pass@64", "distinct_correct@1", "distinct_correct@8",
            "distinct_correct@64", "correct_entropy", "effective_correct", "strategy_mass_entropy",
            "ood_success", "ratio_distortion")
-OWN_PREDICTION = {"rl": "rl", "sdsd": "sdsd_token"}
+OWN_PREDICTIONS = {"rl": ["rl"], "sdsd": ["sdsd_token", "sdsd_onpolicy"]}
 
 
 def resolve_device(device) -> torch.device:
@@ -121,20 +121,23 @@ def mean_metrics(prompts: list) -> dict:
 
 
 def theory_check(prompts: list, trained: list) -> dict:
-    """Per trained method: is the trained policy closer (TV) to its own method's prediction
-    (RL → rl_optimum, SDSD → sdsd_token_optimum) than to the other method's and to the base?
-    Lists the prompts where it is not."""
+    """Per trained method and each of its predictions (RL → rl_optimum; SDSD → sdsd_token_optimum,
+    the one-round token-level optimum, and sdsd_onpolicy, its fixed point under on-policy
+    demonstrations): is the trained policy closer in TV to that prediction than to the other
+    method's prediction and to the base? Lists the prompts where it is not."""
     out = {}
     for m in trained:
         if m == "base":
             continue
-        own = OWN_PREDICTION[m]
         other = "sdsd_token" if m == "rl" else "rl"
-        fails = []
-        for i, p in enumerate(prompts):
-            d = p["policies"][m]["distances"]
-            if not (d[f"tv_{own}"] < d[f"tv_{other}"] and d[f"tv_{own}"] < d["tv_base"]):
-                fails.append({"prompt": i, "tv_own": d[f"tv_{own}"], "tv_other": d[f"tv_{other}"], "tv_base": d["tv_base"]})
-        out[m] = {"own_prediction": own, "other_prediction": other, "n_prompts": len(prompts),
-                  "n_closer_to_own": len(prompts) - len(fails), "not_closer": fails}
+        for own in OWN_PREDICTIONS[m]:
+            fails = []
+            for i, p in enumerate(prompts):
+                d = p["policies"][m]["distances"]
+                if not (d[f"tv_{own}"] < d[f"tv_{other}"] and d[f"tv_{own}"] < d["tv_base"]):
+                    fails.append({"prompt": i, "tv_own": d[f"tv_{own}"], "tv_other": d[f"tv_{other}"],
+                                  "tv_base": d["tv_base"]})
+            out[f"{m}->{own}"] = {"method": m, "prediction": own, "other_prediction": other,
+                                  "n_prompts": len(prompts), "n_closer_to_own": len(prompts) - len(fails),
+                                  "not_closer": fails}
     return out
