@@ -1,0 +1,70 @@
+"""Markdown tables of results from several run summaries (mean ± std over seeds)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+POLICY_COLUMNS = (("success", "success"), ("pass@1", "pass@1"), ("pass@64", "pass@64"),
+                  ("distinct_correct@64", "distinct-correct@64"), ("strategy_mass_entropy", "strategy-mass H"),
+                  ("ood_success", "OOD success"))
+DISTANCES = ("sdsd_sequence", "sdsd_token", "sdsd_onpolicy", "rl", "base")
+
+
+def load_summaries(paths) -> list[dict]:
+    return [json.load(open(p)) for p in paths]
+
+
+def _pm(v) -> str:
+    v = np.asarray(v, float)
+    return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def policy_table(summaries: list[dict], policies=("base", "rl", "sdsd", "pred_sdsd_token", "pred_sdsd_onpolicy", "pred_rl")) -> str:
+    """One row per policy: mean over prompts, then mean ± std over the runs."""
+    head = "| policy | " + " | ".join(c for _, c in POLICY_COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(POLICY_COLUMNS) + 1)]
+    for p in policies:
+        if all(p in s["mean"] for s in summaries):
+            rows.append(f"| {p} | " + " | ".join(_pm([s["mean"][p][k] for s in summaries]) for k, _ in POLICY_COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+def distance_table(summaries: list[dict], metric: str = "tv") -> str:
+    """Distance of each trained policy to each prediction (mean over prompts, ± over runs)."""
+    rows = [f"| trained | " + " | ".join(f"{metric.upper()} to {d}" for d in DISTANCES) + " |",
+            "|" + "---|" * (len(DISTANCES) + 1)]
+    for m in ("rl", "sdsd"):
+        if all(m in s["mean"] for s in summaries):
+            rows.append(f"| {m} | " + " | ".join(_pm([s["mean"][m]["distances"][f"{metric}_{d}"] for s in summaries])
+                                                 for d in DISTANCES) + " |")
+    return "\n".join(rows)
+
+
+def timing_table(summaries: list[dict]) -> str:
+    rows = ["| seed | device | threads | stage | steps | wall s | tokens/s |", "|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        for k, v in s["stages"].items():
+            rows.append(f"| {s['seed']} | {s['device']} | {s['cpu_threads']} | {k} | {v['steps']} | "
+                        f"{v['wall_s']:.1f} | {v['tokens_per_s']:.0f} |")
+    return "\n".join(rows)
+
+
+def theory_check_table(summaries: list[dict]) -> str:
+    rows = ["| seed | check | prompts closer to own prediction | not closer (prompt: TV own / other / base) |",
+            "|---|---|---|---|"]
+    for s in summaries:
+        for k, v in s["theory_check"].items():
+            miss = "; ".join(f"{f['prompt']}: {f['tv_own']:.3f} / {f['tv_other']:.3f} / {f['tv_base']:.3f}"
+                             for f in v["not_closer"]) or "—"
+            rows.append(f"| {s['seed']} | {k} | {v['n_closer_to_own']}/{v['n_prompts']} | {miss} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+    ss = load_summaries(sys.argv[1:])
+    for f in (policy_table, distance_table, timing_table, theory_check_table):
+        print(f(ss), end="\n\n")
+    print(distance_table(ss, "kl"))
+    print("teacher fit:", {k: _pm([s["mean"]["teacher_fit"][k] for s in ss]) for k in ss[0]["mean"]["teacher_fit"]})
