@@ -142,6 +142,8 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path):
             assert torch.equal(a["model"][k], b["model"][k]), (stage, k)
         assert a["state"]["history"] == b["state"]["history"]
     assert full["mean"]["sdsd"]["success"] == resumed["mean"]["sdsd"]["success"]
+    with pytest.raises(ValueError, match="another config or seed"):
+        run_train(cfg.replace(beta=0.5), out=out, **kw)
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -69,6 +69,9 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
     state = {"step": 0, "history": [], "wall_s": 0.0, "tokens": 0, "done": False}
     if os.path.exists(ckpt_path):  # resume
         ck = load_checkpoint(ckpt_path, device)
+        if ck.get("run") != _run_key(cfg, seed):
+            raise ValueError(f"{ckpt_path} belongs to a run with another config or seed; "
+                             "use a fresh --out directory")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["torch_rng"])
@@ -102,7 +105,7 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
         state["done"] = state["step"] == n_steps
         if state["step"] % cfg.ckpt_every == 0 or state["done"]:
             save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": gen.get_state(),
-                         "np_rng": rng.bit_generator.state, "state": state,
+                         "np_rng": rng.bit_generator.state, "state": state, "run": _run_key(cfg, seed),
                          "ema": teacher.state_dict() if cfg.teacher == "ema" and stage == "sdsd" else None},
                         ckpt_path)
         if bar is not None:
@@ -115,6 +118,14 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
     if bar is not None:
         bar.close()
     return state
+
+
+def _run_key(cfg, seed: int) -> dict:
+    """What a checkpoint must match to be resumed: the config (bookkeeping fields aside) and seed."""
+    d = cfg.to_dict()
+    for k in ("ckpt_every", "log_every", "ks"):
+        d.pop(k)
+    return {"config": d, "seed": int(seed)}
 
 
 def _progress(stage, total, initial, enabled):
