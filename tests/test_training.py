@@ -127,11 +127,11 @@ def test_demonstrations_are_correct_siblings_never_self():
 
 # ----------------------------------------------------------------------------- resume
 def test_resume_after_kill_gives_identical_parameters(tmp_path):
-    cfg = get_config("tiny").replace(pretrain_steps=12, post_steps=8, ckpt_every=5)
+    cfg = get_config("tiny").replace(pretrain_steps=8, post_steps=6, ckpt_every=3)
     kw = dict(method="both", seed=3, device="cpu", progress=False, figures=False)
     full = run_train(cfg, out=str(tmp_path / "full"), **kw)
     out = str(tmp_path / "killed")
-    for stop in (7, 9, 6):  # kills inside pretraining, inside RL, inside SDSD (steps since a checkpoint are lost)
+    for stop in (5, 9, 8):  # kills inside pretraining, inside RL, inside SDSD (steps since a checkpoint are lost)
         with pytest.raises(StageInterrupted):
             run_train(cfg, out=out, stop_after=stop, **kw)
     resumed = run_train(cfg, out=out, **kw)
