@@ -40,11 +40,9 @@ def close(a, b, tol=1e-7):
 def test_rl_optimum_maximizes_its_objective(logits, beta, data):
     lb = log_softmax(np.array(logits))
     r = data.draw(rewards(len(lb)))
-    p0 = np.exp(lb)
     num = argmin_simplex(lambda s: (-(s @ r) + beta * (xlogx(s).sum() - s @ lb),
                                     -r + beta * (np.log(np.maximum(s, 1e-300)) + 1 - lb)), len(lb))
     close(pcmi.rl_optimum(lb, r, beta), num)
-    assert p0.sum() > 0
 
 
 @given(explicit_instances())
