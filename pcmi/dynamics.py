@@ -31,7 +31,8 @@ def _record(k, log_pi, inst) -> Round:
     return Round(k, log_pi, success(log_pi, r), correct_entropy(log_pi, r), masses, ent)
 
 
-def _on_policy(inst: Instance, log_pi) -> Instance:
+def on_policy_instance(inst: Instance, log_pi) -> Instance:
+    """Round k+1's instance: base π_k, D = π_k(· | r = 1), teacher rebuilt from π_k."""
     if not hasattr(inst.teacher, "rebuilt"):
         raise PcmiInputError(f"{type(inst.teacher).__name__} cannot be rebuilt from a new policy; "
                              "on-policy rounds need a latent-strategy or copy teacher")
@@ -45,7 +46,7 @@ def sdsd_rounds(inst: Instance, n_rounds: int, beta: float = 1.0) -> list[Round]
     for k in range(1, n_rounds + 1):
         log_pi = sdsd_optimum(cur, beta)
         rounds.append(_record(k, log_pi, inst))
-        cur = _on_policy(cur, log_pi)
+        cur = on_policy_instance(cur, log_pi)
     return rounds
 
 
@@ -54,7 +55,7 @@ def forward_kl_rounds(inst: Instance, n_rounds: int) -> list[Round]:
     for k in range(1, n_rounds + 1):
         log_pi = forward_kl_optimum(cur)
         rounds.append(_record(k, log_pi, inst))
-        cur = _on_policy(cur, log_pi)
+        cur = on_policy_instance(cur, log_pi)
     return rounds
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
-from .distributions import condition, kl, total_variation
-from .dynamics import forward_kl_rounds, rl_rounds
+from .distributions import kl, total_variation
+from .dynamics import forward_kl_rounds, on_policy_instance, rl_rounds
 from .instance import Instance
 from .metrics import ood_success, ratio_distortion, strategy_mass_entropy, strategy_masses, success
 from .policies import (forward_kl_optimum, rl_beta_for_success, rl_optimum, sdsd_optimum,
@@ -98,9 +98,8 @@ def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
             v = minimize(fun, v, jac=jac, method=method, **kw).x
         except (UnboundLocalError, np.linalg.LinAlgError, ValueError):
             continue
-    res = type("R", (), {"x": np.r_[0.0, v]})
     out = np.full(inst.n, -np.inf)
-    out[support] = log_softmax(res.x)
+    out[support] = log_softmax(np.r_[0.0, v])
     return out
 
 
@@ -169,7 +168,7 @@ def check_p4(inst: Instance) -> Result:
     pred_gaps = [phi[a] - phi[b] for a in range(len(w)) for b in range(len(w)) if np.log(w[a] / w[b]) > 1e-6]
     amp["min_predicted_gap"] = float(min(pred_gaps)) if pred_gaps else float("inf")
     ok = amp["min_gap"] > -1e-12 and amp["min_predicted_gap"] > 0 and inside <= 1e-8 and cf_err <= 1e-8
-    return Result(ok, min(amp["min_gap"], 1e-8 - inside, 1e-8 - cf_err),
+    return Result(ok, min(amp["min_predicted_gap"], amp["min_gap"] + 1e-12, 1e-8 - inside, 1e-8 - cf_err),
                   {**amp, "inside_ratio_error": inside, "closed_form_error": cf_err, "eps": t.eps})
 
 
@@ -225,8 +224,7 @@ def check_p7(inst: Instance, max_rounds: int = 400) -> Result:
     hist = [_masses(log_pi, inst)]
     while k < max_rounds and (k < 8 or hist[-1].max() < 1 - 1e-6):
         log_pi = sdsd_optimum(cur)
-        cur = Instance(log_pi, inst.reward, cur.teacher.rebuilt(log_pi), condition(log_pi, inst.reward == 1),
-                       inst.route, inst.tree)
+        cur = on_policy_instance(cur, log_pi)
         ent.append(strategy_mass_entropy(log_pi, inst.reward, inst.route))
         hist.append(_masses(log_pi, inst))
         k += 1

@@ -96,7 +96,7 @@ def test_long_paths_do_not_underflow():
     g = gw.path_star(2, 400, seed=0, pref_scale=3.0)
     s, t = g.graph["prompts"][0]
     ro = gw.enumerate_rollouts(gw.Task(g, s, t, 400), gw.EdgePolicy(stop_pref=2.0, temperature=0.2))
-    assert np.isfinite(ro.log_prob).all() or (ro.log_prob > -np.inf).sum() == len(ro)
+    assert np.isfinite(ro.log_prob).all()
     assert ro.log_prob.min() < -700  # below float64's exp range, held exactly in log space
     assert abs(logsumexp(ro.log_prob)) < 1e-9
 
