@@ -26,12 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="figures")
     f.add_argument("--only", default=None, help="one figure name")
 
-    t = sub.add_parser("train", help="train toy transformers by RL and SDSD, compare with theory")
-    t.add_argument("--config", default="tiny", help="tiny | small | gpu")
-    t.add_argument("--method", default="both", choices=["rl", "sdsd", "both"])
-    t.add_argument("--out", default="runs/train")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    from .training.cli import add_train_arguments  # torch-free: torch loads only when train runs
+    add_train_arguments(sub.add_parser("train", help="train toy transformers by RL and SDSD, compare with theory"))
     return p
 
 
@@ -50,12 +46,8 @@ def main(argv=None) -> int:
             run_figures(out=args.out, only=args.only)
             return 0
         if args.cmd == "train":
-            try:
-                from .training.run import run_train
-            except ImportError as exc:
-                raise ValueError(f"pcmi train needs torch ({exc}); install it: pip install torch==2.13.0") from None
-            run_train(config=args.config, method=args.method, out=args.out, seed=args.seed, device=args.device)
-            return 0
+            from .training.cli import train_command
+            return train_command(args)
     except (ValueError, OSError) as exc:  # PcmiInputError and GraphworldError are ValueErrors
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"pcmi {args.cmd}: error: {msg}", file=sys.stderr)
