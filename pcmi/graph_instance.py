@@ -39,9 +39,19 @@ def make_teacher(rollouts: RolloutSet, spec: dict | None = None, log_base=None):
 
 
 def graph_instance(task: Task, policy: EdgePolicy | None = None, teacher: dict | None = None, *,
-                   demos: str = "successes", pool_failures: bool = True) -> tuple[Instance, RolloutSet]:
-    """(Instance, RolloutSet) of one prompt: π0 = the policy's exact rollout law on the task."""
-    rollouts = enumerate_rollouts(task, policy or EdgePolicy(), pool_failures=pool_failures)
+                   demos: str = "successes", pool_failures: bool = True,
+                   max_rollouts: int = 1_000_000) -> tuple[Instance, RolloutSet]:
+    """(Instance, RolloutSet) of one prompt: π0 = the policy's exact rollout law on the task.
+
+    Failing walks are pooled per (prefix, route label) unless pool_failures is False: exact for the
+    route-labelled teachers, which see a rollout only through its label. A copy teacher is never
+    pooled: given a failing demonstration (the contrastive baseline B = π0) it copies that very
+    walk. More than max_rollouts rollouts raise before the work is done."""
+    if isinstance(max_rollouts, bool) or not isinstance(max_rollouts, (int, np.integer)) or max_rollouts < 1:
+        raise PcmiInputError(f"max_rollouts must be a positive integer, got {max_rollouts!r}")
+    kind = (teacher or {}).get("kind", "route_copying") if isinstance(teacher, dict) else None
+    rollouts = enumerate_rollouts(task, policy or EdgePolicy(), pool_failures=pool_failures and kind != "copy",
+                                  max_leaves=int(max_rollouts))
     if demos == "successes":
         log_D = demos_from_successes(rollouts.log_prob, rollouts.reward)
     elif demos == "uniform":

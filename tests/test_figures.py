@@ -2,15 +2,21 @@
 plus one rendering smoke test and the CLI's error contract."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import stat
 
 import numpy as np
 import pytest
 
-from pcmi.figures import FIGURES, check_out_dir, figure_names, run_figures
+from pcmi.errors import PcmiInputError
+from pcmi.figures import FIGURES, MANIFEST, check_out_dir, figure_names, run_figures, sha256_of
 from pcmi.figures import divergence, ood, passk, phase, rounds, tilt, token_vs_seq
-from pcmi.figures._common import atomic_write
+from pcmi.figures._common import round_sig, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def exact_pass_at_k(ps, ks):
@@ -145,7 +151,7 @@ def test_divergence_endpoints_and_rl_entropy():
 def test_run_figures_smoke(tmp_path):
     written = run_figures(out=tmp_path / "figs", only="tilt", progress=False)
     files = sorted(os.listdir(tmp_path / "figs"))
-    assert files == ["tilt.json", "tilt.pdf", "tilt.png"]
+    assert files == [MANIFEST, "tilt.json", "tilt.pdf", "tilt.png"]
     assert len(written["tilt"]) == 3
     data = json.loads((tmp_path / "figs" / "tilt.json").read_text())
     assert data["name"] == "tilt" and data["rows"]
@@ -183,13 +189,129 @@ def test_cli_unknown_only_exits_2(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "x.json"
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
-    def boom(tmp):
-        open(tmp, "w").write("partial")
-        raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
-        atomic_write(str(target), boom)
-    assert os.listdir(tmp_path) == []
+def test_rerun_gives_identical_bytes_and_plain_permissions(tmp_path, capsys):
+    """Issue 8: figure data is deterministic; files get the umask's mode, not mkstemp's 0600."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_figures(out=a, only="tilt", progress=False)
+    run_figures(out=b, only="tilt", progress=False)
+    first = {f: (a / f).read_bytes() for f in ("tilt.json", "tilt.pdf", "tilt.png")}
+    run_figures(out=a, only="tilt")  # a rerun into its own folder replaces its own files
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "3 replaced" in line and "3 of them byte-identical" in line
+    for f, data in first.items():
+        assert (a / f).read_bytes() == data == (b / f).read_bytes(), f
+        assert stat.S_IMODE(os.stat(a / f).st_mode) == _umask_mode()
+    assert b"CreationDate" not in first["tilt.pdf"]
+    manifest = json.loads((a / MANIFEST).read_text())["files"]
+    assert manifest == {f: sha256_of(a / f) for f in first}
+    assert sorted(os.listdir(a)) == sorted([*first, MANIFEST])  # no temporary file left behind
+
+
+def test_json_floats_keep_twelve_significant_digits(tmp_path):
+    write_json(str(tmp_path / "x.json"), {"a": 0.1 + 0.2, "b": [1 / 3, -0.0, 2.5e-300], "c": float("inf")})
+    d = json.loads((tmp_path / "x.json").read_text())
+    assert d == {"a": 0.3, "b": [0.333333333333, 0.0, 2.5e-300], "c": None}
+    assert round_sig(123456.7890123456) == 123456.789012
+
+
+@pytest.mark.parametrize("kind", ["foreign", "edited", "bad_manifest"])
+def test_existing_files_not_written_by_figures_are_refused(tmp_path, kind, capsys):
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "training").mkdir()
+    (out / "training" / "keep.txt").write_text("mine")
+    if kind == "foreign":
+        (out / "tilt.png").write_bytes(b"my own picture")
+    else:
+        (out / "tilt.png").write_bytes(b"written by pcmi figures")
+        (out / MANIFEST).write_text(json.dumps({"kind": "pcmi figures manifest",
+                                                "files": {"tilt.png": sha256_of(out / "tilt.png")}}))
+        if kind == "edited":
+            (out / "tilt.png").write_bytes(b"edited by the user")
+        else:
+            (out / MANIFEST).write_text("[]")
+    before = {p: open(p, "rb").read() for p in glob.glob(str(out / "**"), recursive=True) if os.path.isfile(p)}
+    with pytest.raises(PcmiInputError, match="--overwrite") as e:
+        run_figures(out=out, only="tilt", progress=False)
+    assert "\n" not in str(e.value) and ("tilt.png" in str(e.value) or MANIFEST in str(e.value))
+    after = {p: open(p, "rb").read() for p in glob.glob(str(out / "**"), recursive=True) if os.path.isfile(p)}
+    assert after == before  # refused before anything was written
+    from pcmi.cli import main
+    assert main(["figures", "--out", str(out), "--only", "tilt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+
+
+def test_overwrite_replaces_and_never_deletes(tmp_path):
+    out = tmp_path / "figs"
+    (out / "training").mkdir(parents=True)
+    (out / "training" / "keep.txt").write_text("mine")
+    (out / "notes.md").write_text("mine too")
+    (out / "tilt.png").write_bytes(b"my own picture")
+    run_figures(out=out, only="tilt", overwrite=True, progress=False)
+    assert (out / "tilt.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "training" / "keep.txt").read_text() == "mine" and (out / "notes.md").read_text() == "mine too"
+    assert set(json.loads((out / MANIFEST).read_text())["files"]) == {"tilt.json", "tilt.pdf", "tilt.png"}
+
+
+# --- the numbers quoted in docs/figures/*.md come from the figure data -----------------------
+
+NUMBER = re.compile(r"(?<![\w.=])([−-]?\d+\.\d+(?:e[−-]?\d+)?|\d+e[−-]\d+)(%?)")
+
+
+def _numbers_in(x, out):
+    """Every number in a JSON value (strings such as "RL β=3.25" included)."""
+    if isinstance(x, dict):
+        for v in x.values():
+            _numbers_in(v, out)
+    elif isinstance(x, list):
+        for v in x:
+            _numbers_in(v, out)
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        out.append(float(x))
+    elif isinstance(x, str):
+        out += [float(m) for m in re.findall(r"-?\d+\.\d+|-?\d+", x)]
+    return out
+
+
+def _quoted_matches(text: str, percent: bool, values) -> bool:
+    """Does some data value round to the quoted number (same decimals, or same significant
+    digits in e-notation; a percentage is a fraction)?"""
+    t = text.replace("−", "-")
+    q = float(t) / (100 if percent else 1)
+    if "e" in t:
+        sig = len(t.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
+        return any(float(f"{abs(v):.{sig - 1}e}") == abs(q) for v in values)
+    dec = len(t.split(".")[1]) + (2 if percent else 0)
+    return any(round(abs(v), dec) == round(abs(q), dec) for v in values)
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_numbers_quoted_in_docs_are_in_the_figure_data(name):
+    text = open(os.path.join(ROOT, "docs", "figures", f"{name}.md")).read()
+    values = _numbers_in(json.load(open(os.path.join(ROOT, "figures", f"{name}.json"))), [])
+    quoted = list(NUMBER.finditer(text))
+    assert quoted
+    missing = [m.group(0) for m in quoted if not _quoted_matches(m.group(1), bool(m.group(2)), values)]
+    assert not missing, f"docs/figures/{name}.md quotes numbers absent from figures/{name}.json: {missing}"
+
+
+def test_docs_number_check_can_fail():
+    values = [0.860498500881, 0.975, 1.7763568394e-15]
+    assert _quoted_matches("0.860", False, values) and not _quoted_matches("0.861", False, values)
+    assert _quoted_matches("97.5", True, values) and not _quoted_matches("97.6", True, values)
+    assert _quoted_matches("2e-15", False, values) and not _quoted_matches("3e-15", False, values)
+
+
+def test_rounds_doc_states_the_round_entropy_reaches_zero():
+    d = json.load(open(os.path.join(ROOT, "figures", "rounds.json")))
+    ent = [r["strategy_mass_entropy"] for r in d["settings"]["all_correct"]["series"]["sdsd"]]
+    first_zero = next(k for k, h in enumerate(ent) if round(h, 3) == 0)
+    text = open(os.path.join(ROOT, "docs", "figures", "rounds.md")).read()
+    assert f"0.000 by round {first_zero} " in text

@@ -137,3 +137,33 @@ def test_generators_have_many_prompts_and_routes():
     assert ro.reward.all()  # goal-aware walks on a DAG always arrive
     blocked = ro.uses_edges(gw.concept_edges(g, gw.dominant_route(ro)))
     assert 0 < blocked.sum() < len(ro)
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_rollout_cap_raises_early_and_names_the_fix(pool):
+    """4^10 walks through 10 layers of 4 nodes: a cap of 1000 stops within a level of passing it."""
+    g = nx.DiGraph()
+    layers = [[0]] + [[(d, i) for i in range(4)] for d in range(1, 11)] + [["t"]]
+    for a, b in zip(layers[:-1], layers[1:]):
+        g.add_edges_from((u, v) for u in a for v in b)
+    calls = []
+
+    class Counting(gw.EdgePolicy):
+        def next_logprobs(self, task, paths):
+            calls.append(len(paths))
+            return super().next_logprobs(task, paths)
+
+    with pytest.raises(gw.GraphworldError) as e:
+        gw.enumerate_rollouts(gw.Task(g, 0, "t", 11), Counting(stop_pref=0.0), pool_failures=pool,
+                              max_leaves=1000)
+    msg = str(e.value)
+    assert "1000" in msg and "max_rollouts" in msg and "--max-rollouts" in msg and "max_len" in msg
+    assert ("pooling" in msg) == (not pool) and "\n" not in msg
+    assert sum(calls) < 4 ** 5  # ~340 prefixes opened up to the level where 1000 is passed
+
+
+def test_summary_success_is_a_probability():
+    g = gw.path_star(3, 2, seed=1)
+    ro = gw.enumerate_rollouts(gw.Task(g, *g.graph["prompts"][0], 2), gw.EdgePolicy(goal_aware=True))
+    ro.log_prob = ro.log_prob + 1e-15  # exp(logsumexp) of an all-correct set may exceed 1 by rounding
+    assert ro.summary()["success"] == 1.0

@@ -1,15 +1,15 @@
-"""Shared plumbing for the figure modules: atomic writes, JSON data files, named instances.
+"""Shared plumbing for the figure modules: reproducible JSON data files and pictures, named instances.
 
 Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot state) with the Agg backend.
-Every file is written to a temporary file in the target folder and moved into place with
-`os.replace`, so a reader never sees a half-written PNG, PDF or data file.
+Every file is written with `pcmi.atomic.atomic_write` (a reader never sees half a file; the
+file gets the umask's permissions). Output bytes do not depend on the run: floats in the JSON
+are rounded to 12 significant digits (so last-digit noise from BLAS threading does not show),
+and the PNG/PDF metadata carry no timestamp or version.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
 import matplotlib
 
@@ -18,7 +18,11 @@ from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graphworld import EdgePolicy, multi_route_dag, tasks_of  # noqa: E402
+from pcmi.atomic import atomic_write, atomic_write_text  # noqa: E402
 from pcmi.graph_instance import graph_instance  # noqa: E402
+
+#: significant digits kept for floats in the figure data (float64 noise sits near the 16th)
+DIGITS = 12
 
 #: one colour per policy, used by every figure
 COLORS = {"base": "#555555", "rl": "#1f77b4", "sdsd": "#d62728", "sdsd_token": "#ff7f0e",
@@ -35,20 +39,6 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.2, height: float
     return fig, (axes[0, 0] if axes.size == 1 else axes.ravel())
 
 
-def atomic_write(path: str, write) -> None:
-    """Call write(tmp) on a temporary file next to `path`, then os.replace(tmp, path)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def jsonable(x):
     """numpy → plain Python; non-finite floats → None (JSON has no inf/NaN)."""
     if isinstance(x, dict):
@@ -63,19 +53,24 @@ def jsonable(x):
         return int(x)
     if isinstance(x, (float, np.floating)):
         x = float(x)
-        return x if math.isfinite(x) else None
+        return round_sig(x) if math.isfinite(x) else None
     return x
 
 
+def round_sig(x: float, digits: int = DIGITS) -> float:
+    """x rounded to `digits` significant digits (−0.0 → 0.0)."""
+    return float(f"{x:.{digits}g}") + 0.0
+
+
 def write_json(path: str, data: dict) -> None:
-    text = json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n"
-    atomic_write(path, lambda tmp: open(tmp, "w").write(text))
+    atomic_write_text(path, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
 
 
 def write_figure(fig: Figure, stem: str) -> list[str]:
-    """stem.png (150 dpi) and stem.pdf, both without timestamps (reproducible bytes)."""
+    """stem.png (150 dpi) and stem.pdf, both without timestamps or versions (reproducible bytes)."""
     out = []
-    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+    for ext, meta in (("png", {"Software": "pcmi figures"}),
+                      ("pdf", {"Creator": "pcmi figures", "Producer": "pcmi figures", "CreationDate": None})):
         path = f"{stem}.{ext}"
         atomic_write(path, lambda tmp, ext=ext, meta=meta: fig.savefig(tmp, format=ext, dpi=150, metadata=meta))
         out.append(path)
