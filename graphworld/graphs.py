@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import networkx as nx
 import numpy as np
 
+from .enumeration import is_fail
 from .errors import GraphworldError
+from .policy import STOP
 
 
 def multi_route_dag(k_routes: int = 3, depth: int = 2, branching: int = 2, seed: int = 0, *,
@@ -124,32 +127,161 @@ def require_dag(g: nx.DiGraph) -> None:
                               f"{cycle[0][0]}) where a DAG is needed")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_graph(g: nx.DiGraph) -> nx.DiGraph:
+    """Validate a task graph: directed, no parallel edges, every edge `pref` a finite number,
+    every node `concept` an integer, no node named STOP, FAIL or FAIL:z (rollout tokens).
+    Returns g; raises GraphworldError naming the bad item."""
+    if not g.is_directed():
+        raise GraphworldError("graph must be directed: pcmi reads every edge as a one-way move "
+                              "(node-link: \"directed\": true; GraphML: edgedefault=\"directed\")")
+    if g.is_multigraph():
+        raise GraphworldError("graph has parallel edges (a multigraph); give one edge per (source, target)")
+    for u, v, pref in g.edges(data="pref"):
+        if pref is not None and not (_is_real(pref) and np.isfinite(pref)):
+            raise GraphworldError(f"edge {u!r} -> {v!r} has pref {pref!r}: it must be a finite number")
+    for u in g:
+        if u == STOP or is_fail(u):
+            raise GraphworldError(f"node id {u!r} is reserved (a STOP/FAIL token of a rollout); rename the node")
+    for u, z in g.nodes(data="concept"):
+        if z is not None and not _is_int(z):
+            raise GraphworldError(f"node {u!r} has concept {z!r}: it must be an integer route id")
+    return g
+
+
+def _node_id(node, i: int):
+    if not isinstance(node, dict) or "id" not in node:
+        raise GraphworldError(f"node {i} of 'nodes' is not an object with an 'id'")
+    nid = node["id"]
+    if not (isinstance(nid, str) or _is_int(nid)):
+        raise GraphworldError(f"node {i} of 'nodes' has id {nid!r}: ids must be strings or integers")
+    return nid
+
+
 def graph_from_node_link(data: dict) -> nx.DiGraph:
-    """Build a DiGraph from networkx node-link data (edges under "links" or "edges")."""
+    """Build a DiGraph from networkx node-link data (edges under "links" or "edges").
+
+    Stricter than networkx: the graph must be directed ("directed" absent or true), node ids
+    unique, and every link's endpoints listed in "nodes" (networkx would create them silently)."""
     if not isinstance(data, dict) or "nodes" not in data:
         raise GraphworldError("graph is not node-link data: expected an object with 'nodes' and 'links'")
+    if "links" not in data and "edges" not in data:
+        raise GraphworldError("graph is not node-link data: it has 'nodes' but no 'links' (or 'edges')")
+    directed = data.get("directed", True)
+    if directed is not True:
+        raise GraphworldError(f"graph must be directed, got \"directed\": {json.dumps(directed)}: pcmi "
+                              "reads every link as a one-way move source -> target")
+    if data.get("multigraph", False) is not False:
+        raise GraphworldError("graph must not be a multigraph (\"multigraph\": true); "
+                              "give one link per (source, target)")
     key = "links" if "links" in data else "edges"
+    nodes, links = data["nodes"], data[key]
+    if not isinstance(nodes, list) or not isinstance(links, list):
+        raise GraphworldError(f"graph 'nodes' and '{key}' must be lists")
+    attrs = data.get("graph", {})
+    if not isinstance(attrs, dict):
+        raise GraphworldError("graph attributes ('graph') must be an object")
+    g = nx.DiGraph()
+    g.graph.update(attrs)
+    for i, node in enumerate(nodes):
+        nid = _node_id(node, i)
+        if nid in g:
+            raise GraphworldError(f"duplicate node id {nid!r} in 'nodes'")
+        g.add_node(nid, **{k: v for k, v in node.items() if k != "id"})
+    for i, link in enumerate(links):
+        if not isinstance(link, dict):
+            raise GraphworldError(f"link {i} of '{key}' is not an object")
+        for end in ("source", "target"):
+            if end not in link:
+                raise GraphworldError(f"link {i} of '{key}' has no '{end}'")
+        u, v = link["source"], link["target"]
+        for end in (u, v):
+            if not (isinstance(end, str) or _is_int(end)) or end not in g:
+                raise GraphworldError(f"link {i} ({u!r} -> {v!r}) refers to node {end!r}, "
+                                      "which is not in 'nodes'")
+        if g.has_edge(u, v):
+            raise GraphworldError(f"duplicate link {u!r} -> {v!r} in '{key}'")
+        g.add_edge(u, v, **{k: val for k, val in link.items() if k not in ("source", "target")})
+    return check_graph(g)
+
+
+def _json_object_without_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise GraphworldError(f"duplicate key {k!r} in a JSON object")
+        out[k] = v
+    return out
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The text of a user file; GraphworldError (one line) if missing, a folder, empty, binary or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise GraphworldError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise GraphworldError(f"{path} is a directory, not a {what}")
     try:
-        g = nx.node_link_graph({**data, "directed": True}, edges=key)
-    except Exception as exc:  # networkx raises several types on malformed data
-        raise GraphworldError(f"graph is not valid node-link data: {exc}") from None
-    return nx.DiGraph(g)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise GraphworldError(f"{path} is not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise GraphworldError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise GraphworldError(f"{path} is empty")
+    return text
+
+
+def _check_graphml_nodes(text: str, path: Path) -> None:
+    """networkx's reader silently creates nodes that an edge names but no <node> declares and
+    merges duplicate <node> ids; refuse both, naming the node."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise GraphworldError(f"{path} is not valid GraphML: malformed XML ({exc})") from None
+    local = lambda el: el.tag.rsplit("}", 1)[-1]  # noqa: E731
+    ids = set()
+    for el in root.iter():
+        if local(el) == "node":
+            nid = el.get("id")
+            if nid in ids:
+                raise GraphworldError(f"{path}: duplicate node id {nid!r}")
+            ids.add(nid)
+    for el in root.iter():
+        if local(el) == "edge":
+            for end in (el.get("source"), el.get("target")):
+                if end not in ids:
+                    raise GraphworldError(f"{path}: edge {el.get('source')!r} -> {el.get('target')!r} "
+                                          f"refers to node {end!r}, which has no <node> element")
 
 
 def load_graph(path: str | Path) -> nx.DiGraph:
-    """Load a user graph from node-link JSON (.json) or GraphML (.graphml)."""
+    """Load a user graph from node-link JSON (.json) or GraphML (.graphml), validated by check_graph."""
     path = Path(path)
-    if not path.exists():
-        raise GraphworldError(f"graph file not found: {path}")
+    text = read_text_file(path, "graph file")
     if path.suffix.lower() == ".graphml":
+        _check_graphml_nodes(text, path)
         try:
-            return nx.DiGraph(nx.read_graphml(path))
-        except Exception as exc:
-            raise GraphworldError(f"{path} is not valid GraphML: {exc}") from None
+            g = nx.parse_graphml(text)
+        except (ElementTree.ParseError, nx.NetworkXError, KeyError, ValueError, TypeError) as exc:
+            raise GraphworldError(f"{path} is not valid GraphML: {' '.join(str(exc).split())}") from None
+        try:
+            return check_graph(g)
+        except GraphworldError as exc:
+            raise GraphworldError(f"{path}: {exc}") from None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text, object_pairs_hook=_json_object_without_duplicates)
     except json.JSONDecodeError as exc:
         raise GraphworldError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GraphworldError(f"{path} is nested too deeply to be a graph") from None
     return graph_from_node_link(data)
 
 

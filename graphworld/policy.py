@@ -1,6 +1,7 @@
 """Markov edge policies: π(next | node) = softmax(pref / τ) over successors (+ optional STOP)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -27,10 +28,12 @@ class EdgePolicy:
     goal_aware: bool = False
 
     def __post_init__(self):
-        if not np.isfinite(self.temperature) or self.temperature <= 0:
-            raise GraphworldError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.stop_pref is not None and not np.isfinite(self.stop_pref):
-            raise GraphworldError(f"stop_pref must be finite, got {self.stop_pref!r}")
+        if not _is_real(self.temperature) or not np.isfinite(self.temperature) or self.temperature <= 0:
+            raise GraphworldError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if self.stop_pref is not None and not (_is_real(self.stop_pref) and np.isfinite(self.stop_pref)):
+            raise GraphworldError(f"stop_pref must be a finite number or null (no STOP action), got {self.stop_pref!r}")
+        if not isinstance(self.goal_aware, (bool, np.bool_)):
+            raise GraphworldError(f"goal_aware must be true or false, got {self.goal_aware!r}")
 
     @property
     def has_stop(self) -> bool:
@@ -38,6 +41,8 @@ class EdgePolicy:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "EdgePolicy":
+        if d is not None and not isinstance(d, dict):
+            raise GraphworldError(f"policy must be an object with temperature, stop_pref, goal_aware; got {d!r}")
         d = dict(d or {})
         unknown = set(d) - {"temperature", "stop_pref", "goal_aware"}
         if unknown:
@@ -53,16 +58,38 @@ class EdgePolicy:
             u = path[-1]
             succ = [v for v in g.successors(u) if reach is None or v in reach]
             toks = list(succ)
-            logits = [g.edges[u, v].get("pref", 0.0) / self.temperature for v in succ]
+            logits = [_pref(g, u, v) / self.temperature for v in succ]
             if self.has_stop:
                 toks.append(STOP)
                 logits.append(self.stop_pref / self.temperature)
             if not toks:
                 out.append({})
                 continue
-            lp = log_softmax(np.asarray(logits, dtype=float))
+            logits = np.asarray(logits, dtype=float)
+            if not np.isfinite(logits).all():
+                self._raise_not_finite(u, toks, logits)
+            lp = log_softmax(logits)
             out.append(dict(zip(toks, lp.tolist())))
         return out
+
+
+    def _raise_not_finite(self, u, toks, logits):
+        v = toks[int(np.flatnonzero(~np.isfinite(logits))[0])]
+        what = "stop_pref" if v == STOP else f"pref of edge {u!r} -> {v!r}"
+        raise GraphworldError(f"{what} / temperature is not finite (temperature {self.temperature!r}): "
+                              "use a larger temperature or smaller preferences")
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pref(g: nx.DiGraph, u, v) -> float:
+    """The edge's preference (default 0); GraphworldError naming the edge unless a finite number."""
+    p = g.edges[u, v].get("pref", 0.0)
+    if not _is_real(p) or not math.isfinite(p):
+        raise GraphworldError(f"edge {u!r} -> {v!r} has pref {p!r}: it must be a finite number")
+    return p
 
 
 def _can_reach(g: nx.DiGraph, t) -> set:

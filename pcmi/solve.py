@@ -1,33 +1,45 @@
 """`pcmi solve FILE.json`: every closed-form optimum of an explicit or graph instance.
 
 Explicit: {"base": [...], "reward": [0/1...], "teacher": [[T(y_1|y'_1), ..., T(y_n|y'_1)], ...],
-           "demos": [...] (optional, default π0(·|r=1)), "beta": 1.0 (optional)}
+           "demos": [...] (optional, default π0(·|r=1)), "beta": 1.0 (optional),
+           "route": [...] (optional), "allow_failing_demos": false (optional)}
 Graph:    {"graph": <node-link>, "source": s, "target": t, "max_len": L, "policy": {...},
-           "teacher": {"kind": "route_copying" | "soft_route" | "copy", ...}, "beta": 1.0}
+           "teacher": {"kind": "route_copying" | "soft_route" | "copy", ...}, "beta": 1.0,
+           "demos": "successes" | "uniform" (optional)}
+
+Demonstrations are correct rollouts: explicit `demos` that put mass on a rollout with reward 0 are
+refused unless the instance says "allow_failing_demos": true. The graph must be directed, list
+every node a link names, and have no duplicate node ids; every edge `pref` is a finite number.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
-from graphworld import EdgePolicy, Task, concept_edges, dominant_route, graph_from_node_link
+from graphworld import EdgePolicy, GraphworldError, Task, concept_edges, dominant_route, graph_from_node_link
+from graphworld.graphs import read_text_file
 
 from .errors import PcmiInputError
 from .graph_instance import graph_instance
-from .instance import Instance
+from .instance import NO_SUCCESS, Instance, has_reachable_success
 from .metrics import policy_metrics
 from .policies import (check_beta, contrastive_optimum, forward_kl_optimum, forward_kl_token_optimum,
                        rl_limit, rl_optimum, sdsd_optimum, sdsd_token_optimum)
 from .scores import expected_pcmi
 
-EXPLICIT_KEYS = {"base", "reward", "teacher", "demos", "beta", "route"}
+EXPLICIT_KEYS = {"base", "reward", "teacher", "demos", "beta", "route", "allow_failing_demos"}
 GRAPH_KEYS = {"graph", "source", "target", "max_len", "policy", "teacher", "beta", "demos"}
 
 
-def _node(g, v):
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _node(g, v, name: str):
     """JSON node ids arrive as JSON values; accept "3" for node 3 and 3 for node "3"."""
+    if not (isinstance(v, str) or _is_int(v)):
+        raise PcmiInputError(f"{name} must be a node id (a string or an integer), got {json.dumps(v)}")
     if v in g:
         return v
     for cand in (str(v), _maybe_int(v)):
@@ -43,23 +55,47 @@ def _maybe_int(v):
         return v
 
 
-def load_instance(data: dict) -> tuple[Instance, object]:
-    """(Instance, RolloutSet or None) from parsed JSON."""
-    if not isinstance(data, dict):
-        raise PcmiInputError("instance must be a JSON object")
-    if "graph" in data:
-        unknown = set(data) - GRAPH_KEYS
-        if unknown:
-            raise PcmiInputError(f"unknown key(s) in graph instance: {', '.join(sorted(unknown))}")
-        for k in ("source", "target", "max_len"):
-            if k not in data:
-                raise PcmiInputError(f"graph instance is missing '{k}'")
-        g = graph_from_node_link(data["graph"])
-        task = Task(g, _node(g, data["source"]), _node(g, data["target"]), data["max_len"])
-        if not isinstance(data.get("policy", {}), dict) or not isinstance(data.get("teacher", {}), dict):
-            raise PcmiInputError("'policy' and 'teacher' must be JSON objects")
-        return graph_instance(task, EdgePolicy.from_dict(data.get("policy")), data.get("teacher"),
-                              demos=data.get("demos", "successes"))
+def _positive_int(v, name: str) -> int:
+    """An integer ≥ 1 from JSON (an integral float such as 2.0 is accepted, true/"2"/1e400 are not)."""
+    if isinstance(v, float) and np.isfinite(v) and v == int(v):
+        v = int(v)
+    if not _is_int(v) or v < 1:
+        raise PcmiInputError(f"{name} must be a positive integer, got {json.dumps(v)}")
+    return int(v)
+
+
+def _beta_of(data) -> float:
+    """The file's RL leash β (default 1): a JSON number; check_beta then requires it finite and > 0."""
+    b = data.get("beta", 1.0)
+    if isinstance(b, bool) or not isinstance(b, (int, float)):
+        raise PcmiInputError(f"beta must be a number, got {json.dumps(b)}")
+    return b
+
+
+def _graph_instance(data: dict, max_rollouts: int | None):
+    unknown = set(data) - GRAPH_KEYS
+    if unknown:
+        raise PcmiInputError(f"unknown key(s) in graph instance: {', '.join(sorted(unknown))}")
+    for k in ("source", "target", "max_len"):
+        if k not in data:
+            raise PcmiInputError(f"graph instance is missing '{k}'")
+    max_len = _positive_int(data["max_len"], "max_len")
+    policy, teacher = data.get("policy", {}), data.get("teacher", {})
+    if not isinstance(policy, dict) or not isinstance(teacher, dict):
+        raise PcmiInputError("'policy' and 'teacher' must be JSON objects")
+    for k, v in teacher.items():
+        if k != "kind" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise PcmiInputError(f"teacher {k} must be a number, got {json.dumps(v)}")
+    demos = data.get("demos", "successes")
+    if demos not in ("successes", "uniform"):
+        raise PcmiInputError(f"graph instance 'demos' must be \"successes\" or \"uniform\", got {json.dumps(demos)}")
+    g = graph_from_node_link(data["graph"])
+    task = Task(g, _node(g, data["source"], "source"), _node(g, data["target"], "target"), max_len)
+    cap = {} if max_rollouts is None else {"max_rollouts": max_rollouts}
+    return graph_instance(task, EdgePolicy.from_dict(policy), teacher or None, demos=demos, **cap)
+
+
+def _explicit_instance(data: dict) -> Instance:
     missing = [k for k in ("base", "reward", "teacher") if k not in data]
     if missing:
         raise PcmiInputError(f"instance is missing {', '.join(repr(k) for k in missing)} "
@@ -70,7 +106,22 @@ def load_instance(data: dict) -> tuple[Instance, object]:
     teacher = data["teacher"]
     if not isinstance(teacher, list) or not all(isinstance(r, list) for r in teacher):
         raise PcmiInputError("teacher must be a list of rows, one per demonstration y'_j")
-    return Instance.explicit(data["base"], data["reward"], teacher, data.get("demos"), data.get("route")), None
+    allow = data.get("allow_failing_demos", False)
+    if not isinstance(allow, bool):
+        raise PcmiInputError(f"allow_failing_demos must be true or false, got {json.dumps(allow)}")
+    return Instance.explicit(data["base"], data["reward"], teacher, data.get("demos"), data.get("route"),
+                             allow_failing_demos=allow)
+
+
+def load_instance(data: dict, max_rollouts: int | None = None) -> tuple[Instance, object]:
+    """(Instance, RolloutSet or None) from parsed JSON; max_rollouts caps Y(x) of a graph instance."""
+    if not isinstance(data, dict):
+        raise PcmiInputError("instance must be a JSON object")
+    if "graph" in data:
+        return _graph_instance(data, max_rollouts)
+    if max_rollouts is not None:
+        raise PcmiInputError("--max-rollouts applies to graph instances only")
+    return _explicit_instance(data), None
 
 
 def _arr(log_p) -> list:
@@ -80,6 +131,9 @@ def _arr(log_p) -> list:
 def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
     """All optima as probability arrays aligned with the rollouts, plus their metrics."""
     beta = check_beta(beta)
+    if not has_reachable_success(inst.log_base, inst.reward):
+        raise PcmiInputError(NO_SUCCESS + ", so the RL limit π0(·|r=1) is undefined: mark a rollout with "
+                             "base probability > 0 correct")
     pols = {"base": inst.log_base,
             "rl": rl_optimum(inst.log_base, inst.reward, beta),
             "rl_limit": rl_limit(inst.log_base, inst.reward),
@@ -93,7 +147,7 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
     if rollouts is not None and (inst.reward == 1).any():
         try:
             blocked = rollouts.uses_edges(concept_edges(rollouts.task.graph, dominant_route(rollouts)))
-        except ValueError:
+        except GraphworldError:  # no concept labels: no route to block
             blocked = None
     out = {name: _arr(lp) for name, lp in pols.items()}
     s = expected_pcmi(inst)
@@ -108,16 +162,31 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
     return out
 
 
-def solve_file(path: str, beta: float | None = None) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise PcmiInputError(f"file not found: {path}")
+def _no_duplicate_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise PcmiInputError(f"duplicate key {k!r} in a JSON object")
+        out[k] = v
+    return out
+
+
+def read_instance_file(path: str) -> dict:
+    """Parsed JSON of an instance file; PcmiInputError (one line) for every file problem."""
     try:
-        data = json.loads(p.read_text())
+        text = read_text_file(path, "instance file")
+    except GraphworldError as exc:
+        raise PcmiInputError(str(exc)) from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise PcmiInputError(f"{path} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise PcmiInputError(f"{path} is not a text file") from None
-    inst, rollouts = load_instance(data)
-    b = beta if beta is not None else (data.get("beta", 1.0) if isinstance(data, dict) else 1.0)
-    return solve(inst, b, rollouts)
+    except RecursionError:
+        raise PcmiInputError(f"{path} is nested too deeply to be an instance") from None
+
+
+def solve_file(path: str, beta: float | None = None, max_rollouts: int | None = None) -> dict:
+    """solve() of the instance in a JSON file; `beta` overrides the file's, `max_rollouts` caps Y(x)."""
+    data = read_instance_file(path)
+    inst, rollouts = load_instance(data, max_rollouts)
+    return solve(inst, beta if beta is not None else _beta_of(data), rollouts)

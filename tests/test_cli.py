@@ -108,3 +108,61 @@ def test_missing_file_and_bad_examples(capsys):
 def test_import_pcmi_does_not_import_torch():
     code = "import sys, pcmi, pcmi.cli, pcmi.solve, pcmi.verify; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("exc", [ValueError("a bug"), ZeroDivisionError(), KeyError("k"), TypeError("t")])
+def test_bugs_are_not_reported_as_input_errors(monkeypatch, exc):
+    """Only PcmiInputError, GraphworldError and file errors become exit status 2."""
+    import pcmi.solve
+
+    def broken(*a, **k):
+        raise exc
+    monkeypatch.setattr(pcmi.solve, "solve_file", broken)
+    with pytest.raises(type(exc)):
+        main(["solve", "x.json"])
+
+
+@pytest.mark.parametrize("exc", ["PcmiInputError", "GraphworldError", "OSError"])
+def test_input_errors_are_one_line_exit_2(monkeypatch, capsys, exc):
+    import graphworld
+    import pcmi.errors
+    import pcmi.solve
+    cls = {"PcmiInputError": pcmi.errors.PcmiInputError, "GraphworldError": graphworld.GraphworldError,
+           "OSError": OSError}[exc]
+
+    def broken(*a, **k):
+        raise cls("first\nsecond")
+    monkeypatch.setattr(pcmi.solve, "solve_file", broken)
+    rc, _, err = run(["solve", "x.json"], capsys)
+    assert rc == 2 and err.strip() == "pcmi solve: error: first second"
+
+
+def recorder(calls, ret=0):
+    def f(*args, **kwargs):
+        calls.append((args, kwargs))
+        return ret
+    return f
+
+
+def test_verify_options_reach_run_verify_and_verify_instance(monkeypatch, capsys, tmp_path):
+    import pcmi.verify
+    calls = []
+    monkeypatch.setattr(pcmi.verify, "run_verify", recorder(calls))
+    monkeypatch.setattr(pcmi.verify, "verify_instance", recorder(calls, ret=1))
+    assert main(["verify", "--examples", "5", "--seed", "7", "--counterexamples", str(tmp_path)]) == 0
+    assert calls.pop() == ((5, 7), {"as_json": False, "counterexample_dir": str(tmp_path)})
+    assert main(["verify", "--json"]) == 0
+    assert calls.pop() == ((200, 0), {"as_json": True, "counterexample_dir": None})
+    assert main(["verify", "--instance", "i.json", "--check", "P4", "--json"]) == 1  # verify_instance's status
+    assert calls.pop() == (("i.json", "P4"), {"as_json": True})
+    assert run(["verify", "--check", "P4"], capsys)[0] == 2 and not calls
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_figures_overwrite_reaches_run_figures(monkeypatch, flag):
+    import pcmi.figures
+    calls = []
+    monkeypatch.setattr(pcmi.figures, "run_figures", recorder(calls))
+    assert main(["figures", "--out", "somewhere", "--only", "tilt"] + ["--overwrite"] * flag) == 0
+    (args, kwargs), = calls
+    assert kwargs == {"out": "somewhere", "only": "tilt", "overwrite": flag}
