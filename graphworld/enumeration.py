@@ -67,8 +67,9 @@ class PrefixTree:
     def path_sum(self, node_val: np.ndarray) -> np.ndarray:
         """Σ of node_val along the root→h path for every node h (root value included)."""
         out = np.array(node_val, dtype=float)
-        for nodes in self._levels[1:]:
-            out[nodes] += out[self.parent[nodes]]
+        with np.errstate(over="ignore"):  # a sum of log-probabilities may reach −inf: that is its value
+            for nodes in self._levels[1:]:
+                out[nodes] += out[self.parent[nodes]]
         return out
 
     def children_logsumexp(self, node_log: np.ndarray) -> np.ndarray:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+import numbers
+
 import networkx as nx
 
 from .errors import GraphworldError
@@ -23,8 +26,9 @@ class Task:
                 raise GraphworldError(f"{name} {v!r} is not a node of the graph")
         if self.source == self.target:
             raise GraphworldError("source and target must differ")
-        if int(self.max_len) != self.max_len or self.max_len < 1:
-            raise GraphworldError(f"max_len must be a positive integer, got {self.max_len!r}")
+        L = self.max_len
+        if isinstance(L, bool) or not isinstance(L, numbers.Real) or not math.isfinite(L) or int(L) != L or L < 1:
+            raise GraphworldError(f"max_len must be a positive integer, got {L!r}")
         if not nx.has_path(g, self.source, self.target):
             raise GraphworldError(f"target {self.target!r} is unreachable from source {self.source!r}")
         d = nx.shortest_path_length(g, self.source, self.target)

@@ -23,8 +23,8 @@ def make_teacher(rollouts: RolloutSet, spec: dict | None = None, log_base=None):
     if kind == "route_copying":
         t = LatentStrategyTeacher.route_copying(log_base, rollouts.route, spec.pop("eps", 0.1))
     elif kind == "soft_route":
-        kappa = float(spec.pop("sharpness", 2.0))
-        if not np.isfinite(kappa):
+        kappa = spec.pop("sharpness", 2.0)
+        if isinstance(kappa, bool) or not isinstance(kappa, (int, float, np.number)) or not np.isfinite(kappa):
             raise PcmiInputError(f"sharpness must be finite, got {kappa!r}")
         zs = np.unique(rollouts.route)
         log_resp = log_softmax(kappa * (rollouts.route[None, :] == zs[:, None]), axis=0)

@@ -167,3 +167,20 @@ def test_summary_success_is_a_probability():
     ro = gw.enumerate_rollouts(gw.Task(g, *g.graph["prompts"][0], 2), gw.EdgePolicy(goal_aware=True))
     ro.log_prob = ro.log_prob + 1e-15  # exp(logsumexp) of an all-correct set may exceed 1 by rounding
     assert ro.summary()["success"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e400, float("nan"), "3", True, 2.5, 0, -1, None])
+def test_task_refuses_a_max_len_that_is_not_a_positive_integer(bad):
+    g = gw.multi_route_dag(seed=0)
+    s, t = g.graph["prompts"][0]
+    with pytest.raises(gw.GraphworldError, match="max_len"):
+        gw.Task(g, s, t, bad)
+
+
+def test_path_sum_reaches_minus_inf_without_a_warning():
+    import warnings
+    tree = gw.PrefixTree(np.array([-1, 0, 1]), np.array([2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = tree.path_sum(np.array([0.0, -1e308, -1e308]))
+    assert out[2] == -np.inf and out[1] == -1e308
