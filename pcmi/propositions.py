@@ -2,8 +2,15 @@
 
 Each `check_pN(...)` returns Result(holds, margin, details): `margin` is the slack of the
 statement (≥ 0 when it holds; for equalities, tolerance minus the error), `details` the numbers
-behind it. `search_counterexamples` runs a check over generated instances and reports the
-fraction that hold and the smallest failing instance.
+behind it. Every check compares the implementation it verifies against an independent
+computation, in every branch: the teacher's rows rebuilt from its defining formula (§1),
+the optima from their definitions by brute-force numpy over those rows, minimizers by scipy,
+strategy masses by the route-copying closed form. The implementations are keyword arguments
+with the real ones as defaults (`check_p2(inst, sdsd=...)`), so that tests can inject wrong
+ones and see the check fail. A check whose conditions an instance does not meet (no route,
+wrong teacher kind, failing rollouts) raises a one-line PcmiInputError naming what is missing.
+`search_counterexamples` runs a check over generated instances and reports the fraction that
+hold and the smallest failing instance, as an explicit instance JSON that `pcmi solve` loads.
 """
 from __future__ import annotations
 
@@ -13,15 +20,15 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
-from .distributions import kl, total_variation
-from .dynamics import forward_kl_rounds, on_policy_instance, rl_rounds
+from .distributions import kl, safe_log, total_variation
+from .dynamics import on_policy_instance
+from .errors import PcmiInputError
 from .instance import Instance
-from .metrics import ood_success, ratio_distortion, strategy_mass_entropy, strategy_masses, success
+from .metrics import ood_success, ratio_distortion, strategy_mass_entropy, success
 from .policies import (forward_kl_optimum, rl_beta_for_success, rl_optimum, sdsd_optimum,
-                       sdsd_sequence_from_tokens, sdsd_token_optimum, teacher_classes_at_leaves,
-                       token_level)
+                       sdsd_sequence_from_tokens, sdsd_token_optimum, soft_future_value)
 from .scores import pcmi_matrix
-from .teachers import LatentStrategyTeacher
+from .teachers import CopyTeacher, KernelTeacher, LatentStrategyTeacher, leaf_rows
 
 TOL = 1e-9  # equalities in log space / probability
 
@@ -33,40 +40,171 @@ class Result:
     details: dict = field(default_factory=dict)
 
 
+# independent computations ------------------------------------------------------------------
+def independent_teacher_rows(inst) -> np.ndarray:
+    """log T(y | y'_j), row j, column y, straight from the teacher's defining formula (§1):
+    latent: (1−eps)·Σ_z w_z P_z(y') P_z(y) / π0(y') + eps·π0(y) with π0 = Σ_z w_z P_z;
+    copy: lam·1[y = y'] + (1−lam)·π0(y); kernel: the matrix itself."""
+    t = inst.teacher
+    if isinstance(t, LatentStrategyTeacher):
+        log_b = logsumexp(t.log_w[:, None] + t.log_P, axis=0)
+        joint = logsumexp(t.log_w[:, None, None] + t.log_P[:, :, None] + t.log_P[:, None, :], axis=0)
+        with np.errstate(invalid="ignore"):
+            post = np.where(np.isfinite(log_b)[:, None], joint - log_b[:, None], -np.inf)
+        return np.logaddexp(safe_log(1 - t.eps) + post, safe_log(t.eps) + log_b[None, :])
+    if isinstance(t, CopyTeacher):
+        return safe_log(t.lam * np.eye(t.n) + (1 - t.lam) * np.exp(t.log_base)[None, :])
+    if isinstance(t, KernelTeacher):
+        return np.array(t.log_T)
+    return leaf_rows(t, inst.n)
+
+
+def _demo_weights(inst):
+    """(D_j, log T(·|y'_j)) for the demonstrations with D_j > 0."""
+    D = np.exp(inst.log_demos)
+    keep = D > 0
+    return D[keep] / D[keep].sum(), independent_teacher_rows(inst)[keep]
+
+
+def independent_expected_log_teacher(inst) -> np.ndarray:
+    """e(y) = Σ_j D_j log T(y | y'_j) over the demonstrations with D_j > 0 (−inf if one rules y out)."""
+    D, rows = _demo_weights(inst)
+    return (D[:, None] * rows).sum(axis=0)
+
+
+def _normalized_exp(e, what: str) -> np.ndarray:
+    """exp(e) / Σ exp(e) as probabilities."""
+    if not np.isfinite(e).any():
+        raise PcmiInputError(f"{what} is −inf for every rollout: the optimum is undefined")
+    p = np.exp(e - np.max(e))
+    return p / p.sum()
+
+
+def independent_sdsd(inst) -> np.ndarray:
+    """π_SD(y) = exp(E_D log T(y|y')) / Σ (theory.md §3), probabilities."""
+    return _normalized_exp(independent_expected_log_teacher(inst), "E_D log T(y | y')")
+
+
+def independent_forward(inst) -> np.ndarray:
+    """π_fwd(y) = Σ_j D_j T(y | y'_j), probabilities."""
+    D, rows = _demo_weights(inst)
+    p = D @ np.exp(rows)
+    return p / p.sum()
+
+
+def independent_rl(log_base, reward, beta: float) -> np.ndarray:
+    """π_RL(y) = π0(y)·e^{(r(y)−1)/β} / (p0 + (1 − p0)·e^{−1/β}), p0 = Σ_{r=1} π0 (probabilities)."""
+    b, r = np.exp(np.asarray(log_base, float)), np.asarray(reward)
+    if not np.any(r == 1):
+        return b / b.sum()
+    damp = np.exp(-1.0 / beta)
+    p = np.where(r == 1, b, b * damp)
+    return p / (b[r == 1].sum() + b[r != 1].sum() * damp)
+
+
+def _masses_of(p, reward, route) -> np.ndarray:
+    """Strategy masses π(z | r = 1) from probabilities p, ordered by strategy label."""
+    p, reward, route = np.asarray(p, float), np.asarray(reward), np.asarray(route)
+    c = np.where(reward == 1, p, 0.0)
+    return np.array([c[route == z].sum() for z in np.unique(route[reward == 1])]) / c.sum()
+
+
 def _masses(log_pi, inst) -> np.ndarray:
-    """Strategy masses π(z | r = 1), ordered by strategy id."""
-    m = strategy_masses(log_pi, inst.reward, inst.route)
-    return np.array([m[z] for z in sorted(m)])
+    """Strategy masses π(z | r = 1) of log π, ordered by strategy label."""
+    return _masses_of(np.exp(log_pi), inst.reward, inst.route)
+
+
+def _entropy(p) -> float:
+    p = np.asarray(p, float)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def route_copying_masses(w, D, eps: float) -> np.ndarray:
+    """Closed form (theory.md §3): mass_SD(z) ∝ w_z·(1 + (1−eps)/(eps·w_z))^{D_z}."""
+    w, D = np.asarray(w, float), np.asarray(D, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_m = np.where(w > 0, np.log(w) + D * np.log1p((1 - eps) / (eps * w)), -np.inf)
+    return _normalized_exp(log_m, "the strategy masses")
+
+
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+
+
+# preconditions -------------------------------------------------------------------------------
+def _require_route(inst, check: str):
+    if getattr(inst, "route", None) is None:
+        raise PcmiInputError(f"{check} needs route labels (one strategy per rollout): the instance has no route")
+
+
+def _require_all_correct(inst, check: str):
+    if np.any((inst.reward != 1) & np.isfinite(inst.log_base)):
+        raise PcmiInputError(f"{check} needs every rollout correct (reward 1 wherever π0 > 0)")
+
+
+def _require_route_copying(inst, check: str):
+    """Route labels, every rollout correct, a latent teacher whose strategies are disjoint and
+    are the route classes, and 0 < eps < 1."""
+    _require_route(inst, check)
+    t = inst.teacher
+    if not isinstance(t, LatentStrategyTeacher) or not t.disjoint:
+        raise PcmiInputError(f"{check} needs a route-copying teacher (latent strategies with disjoint "
+                             f"supports), got {type(t).__name__}")
+    if not 0 < t.eps < 1:
+        raise PcmiInputError(f"{check} needs 0 < eps < 1, got eps = {t.eps!r}")
+    _require_all_correct(inst, check)
+    live = np.isfinite(inst.log_base)
+    owner = np.argmax(np.isfinite(t.log_P), axis=0)[live]
+    pairs = set(zip(inst.route[live].tolist(), owner.tolist()))
+    if len(pairs) != len({a for a, _ in pairs}) or len(pairs) != len({b for _, b in pairs}):
+        raise PcmiInputError(f"{check} needs the route labels to be the teacher's strategies")
+
+
+def _require_bayesian(inst, check: str):
+    t = inst.teacher
+    if not isinstance(t, LatentStrategyTeacher) or t.eps != 0:
+        raise PcmiInputError(f"{check} needs a Bayesian teacher (latent strategies with eps = 0), "
+                             f"got {type(t).__name__}{'' if not hasattr(t, 'eps') else f' with eps = {t.eps!r}'}")
 
 
 # P1 ------------------------------------------------------------------------------------------
-def check_p1(log_base, reward, beta: float) -> Result:
-    """RL keeps ratios: π_RL(y1)/π_RL(y2) = π0(y1)/π0(y2) for every correct pair, every β > 0."""
-    log_rl = rl_optimum(log_base, reward, beta)
+def check_p1(log_base, reward, beta: float, *, rl=rl_optimum) -> Result:
+    """RL keeps ratios: π_RL(y1)/π_RL(y2) = π0(y1)/π0(y2) for every correct pair, every β > 0;
+    and `rl` equals π0·exp(r/β)/Z computed directly."""
+    log_base = np.asarray(log_base, float)
+    log_rl = rl(log_base, reward, beta)
     err = ratio_distortion(log_rl, log_base, reward)
-    scale = 1 + float(np.max(np.abs(np.asarray(log_base)[np.isfinite(log_base)])))
+    scale = 1 + float(np.max(np.abs(log_base[np.isfinite(log_base)])))
     tol = TOL * scale
-    return Result(err <= tol, tol - err, {"max_log_ratio_error": err, "beta": beta})
+    direct_err = _max_abs(np.exp(log_rl), independent_rl(log_base, reward, beta))
+    ok = err <= tol and direct_err <= 1e-12
+    return Result(ok, min(tol - err, 1e-12 - direct_err),
+                  {"max_log_ratio_error": err, "direct_error": direct_err, "beta": beta})
 
 
 # P2 ------------------------------------------------------------------------------------------
 def reverse_kl_objective(log_s, w, log_T) -> float:
-    """F(π) = Σ_c w_c KL(π ‖ T_c) — the SDSD objective with D grouped into classes c."""
+    """F(π) = Σ_c w_c KL(π ‖ T_c) — the SDSD objective with D grouped into classes c (w_c > 0)."""
     s = np.exp(log_s)
     m = s > 0
+    if np.any(~np.isfinite(log_T[:, m])):
+        return float("inf")
     return float(np.sum(s[m] * (log_s[m] - (w[:, None] * log_T[:, m]).sum(axis=0))))
 
 
-def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
-    """Minimize E_D KL(π ‖ T(·|y')) = Σ s log s − s·e (e = E_D log T) over the simplex by
+def minimize_reverse_kl(w, log_T) -> np.ndarray:
+    """argmin_π Σ_c w_c KL(π ‖ T_c) = Σ s log s − s·e (e = Σ_c w_c log T_c) over the simplex by
     trust-region Newton on softmax logits, started from the uniform policy: an independent
     route to the closed form (it never evaluates exp(e)/Σ exp(e))."""
-    w_c, log_T = teacher_classes_at_leaves(inst)
-    w_c = w_c / w_c.sum()
-    support = np.all(np.isfinite(log_T[w_c > 0]), axis=0)  # outside it the objective is +∞
-    lt = np.where(support[None, :], log_T, 0.0)[:, support]
-    e = (w_c[:, None] * lt).sum(axis=0)
-
+    w = np.asarray(w, float)
+    keep = w > 0
+    w, log_T = w[keep] / w[keep].sum(), np.asarray(log_T, float)[keep]
+    n = log_T.shape[1]
+    support = np.all(np.isfinite(log_T), axis=0)  # outside it the objective is +∞
+    if not support.any():
+        raise PcmiInputError("E_D KL(π ‖ T) is infinite for every policy: no rollout is in every teacher's support")
+    e = (w[:, None] * log_T[:, support]).sum(axis=0)
     m = int(support.sum())
 
     def parts(v):  # logits u = (0, v): the gauge is fixed, so the Hessian is non-singular
@@ -90,77 +228,113 @@ def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
 
     v = np.zeros(m - 1)
     for method in ("trust-exact", "trust-krylov", "L-BFGS-B"):  # each polishes the last
-        if m == 1 or np.max(np.abs(jac(v))) < 1e-16:
+        if m == 1 or np.max(np.abs(jac(v))) < 1e-14:  # ∂F/∂v_y = π_y·(…): π is then exact to ~1e-14
             break
-        kw = {"hess": hess, "options": {"gtol": 1e-16, "maxiter": 5000}} if method != "L-BFGS-B" else \
-            {"options": {"ftol": 1e-300, "gtol": 1e-16, "maxiter": 20000}}
+        kw = {"hess": hess, "options": {"gtol": 1e-15, "maxiter": 300}} if method != "L-BFGS-B" else \
+            {"options": {"ftol": 1e-300, "gtol": 1e-15, "maxiter": 5000}}
         try:
-            v = minimize(fun, v, jac=jac, method=method, **kw).x
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = minimize(fun, v, jac=jac, method=method, **kw).x
         except (UnboundLocalError, np.linalg.LinAlgError, ValueError):
             continue
-    out = np.full(inst.n, -np.inf)
+    out = np.full(n, -np.inf)
     out[support] = log_softmax(np.r_[0.0, v])
     return out
 
 
-def check_p2(inst: Instance, tol: float = 1e-7) -> Result:
-    """PCMI tilt: argmin_π E_D KL(π ‖ T) equals π0·exp(s)/Z (checked against numerical minimization)."""
-    closed = sdsd_optimum(inst)
+def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
+    """The scipy minimizer of E_D KL(π ‖ T(·|y')) over the independently built teacher rows."""
+    D, rows = _demo_weights(inst)
+    return minimize_reverse_kl(D, rows)
+
+
+def check_p2(inst: Instance, tol: float = 1e-7, *, sdsd=sdsd_optimum) -> Result:
+    """PCMI tilt: argmin_π E_D KL(π ‖ T) equals π0·exp(s)/Z = exp(E_D log T)/Z (checked against
+    scipy's minimization of the objective over independently built teacher rows)."""
+    closed = sdsd(inst)
     numeric = numerical_reverse_kl_minimizer(inst)
-    err = float(np.max(np.abs(np.exp(closed) - np.exp(numeric))))
-    w, log_T = teacher_classes_at_leaves(inst)
-    f_closed = reverse_kl_objective(closed, w / w.sum(), log_T)
-    f_num = reverse_kl_objective(numeric, w / w.sum(), log_T)
+    err = _max_abs(np.exp(closed), np.exp(numeric))
+    D, rows = _demo_weights(inst)
+    f_closed = reverse_kl_objective(closed, D, rows)
+    f_num = reverse_kl_objective(numeric, D, rows)
     ok = err <= tol and f_closed <= f_num + 1e-10 * (1 + abs(f_num))
     return Result(ok, tol - err, {"max_abs_error": err, "objective_closed": f_closed, "objective_numeric": f_num})
 
 
 # P3 ------------------------------------------------------------------------------------------
-def check_p3(teacher: LatentStrategyTeacher) -> Result:
-    """Bayesian teacher (eps = 0): PCMI symmetric and Σ_y' π0(y') T(y|y') = π0(y)."""
-    if teacher.eps != 0:
-        raise ValueError("P3 is about Bayesian teachers: eps must be 0")
+def independent_bayes_pcmi(teacher: LatentStrategyTeacher) -> np.ndarray:
+    """PCMI[j, y] = log p(y, y'_j) − log π0(y) − log π0(y'_j), p(y, y') = Σ_z w_z P_z(y) P_z(y')."""
+    lw, lP = teacher.log_w, teacher.log_P
+    log_b = logsumexp(lw[:, None] + lP, axis=0)
+    joint = logsumexp(lw[:, None, None] + lP[:, :, None] + lP[:, None, :], axis=0)
+    with np.errstate(invalid="ignore"):
+        out = joint - log_b[:, None] - log_b[None, :]
+    return np.where(np.isfinite(log_b)[:, None] & np.isfinite(log_b)[None, :], out, np.nan)
+
+
+def check_p3(teacher: LatentStrategyTeacher, *, pcmi=pcmi_matrix) -> Result:
+    """Bayesian teacher (eps = 0): PCMI symmetric, Σ_y' π0(y') T(y|y') = π0(y), and `pcmi`
+    equals log p(y, y') − log π0(y) − log π0(y') of the exchangeable joint."""
+    if not isinstance(teacher, LatentStrategyTeacher) or teacher.eps != 0:
+        raise PcmiInputError("P3 needs a Bayesian teacher (latent strategies with eps = 0), got "
+                             f"{type(teacher).__name__}{f' with eps = {teacher.eps!r}' if hasattr(teacher, 'eps') else ''}")
     n = teacher.n
     inst = Instance(teacher.log_base, np.ones(n, dtype=np.int64), teacher, teacher.log_base)
-    M = pcmi_matrix(inst)
-    both = np.isfinite(M) & np.isfinite(M.T)
+    M = pcmi(inst)
+    live = np.isfinite(teacher.log_base)
+    ref = independent_bayes_pcmi(teacher)
+    sub, rsub = M[np.ix_(live, live)], ref[np.ix_(live, live)]
+    pattern_ok = bool(np.array_equal(np.isfinite(sub), np.isfinite(rsub)))
+    fin = np.isfinite(sub) & np.isfinite(rsub)
+    both = np.isfinite(sub) & np.isfinite(sub.T)
     with np.errstate(invalid="ignore"):
-        sym_err = float(np.max(np.abs(M - M.T)[both])) if both.any() else 0.0
-    pattern_ok = bool(np.array_equal(np.isfinite(M), np.isfinite(M.T)))
-    marg = logsumexp(teacher.log_base[:, None] + (M + teacher.log_base[None, :]), axis=0)
-    marg_err = float(np.max(np.abs(np.exp(marg) - np.exp(teacher.log_base))))
-    err = max(sym_err, marg_err)
-    return Result(pattern_ok and err <= 1e-8, 1e-8 - err, {"symmetry_error": sym_err, "marginal_error": marg_err})
+        ref_err = float(np.max(np.abs(sub - rsub)[fin])) if fin.any() else 0.0
+        sym_err = float(np.max(np.abs(sub - sub.T)[both])) if both.any() else 0.0
+    pattern_ok = pattern_ok and bool(np.array_equal(np.isfinite(sub), np.isfinite(sub.T)))
+    lb = teacher.log_base[live]
+    marg = logsumexp(lb[:, None] + (sub + lb[None, :]), axis=0)
+    marg_err = _max_abs(np.exp(marg), np.exp(lb))
+    err = max(sym_err, marg_err, ref_err)
+    return Result(pattern_ok and err <= 1e-8, 1e-8 - err if pattern_ok else -np.inf,
+                  {"symmetry_error": sym_err, "marginal_error": marg_err, "joint_pmi_error": ref_err,
+                   "pattern_ok": pattern_ok})
 
 
 # P4 ------------------------------------------------------------------------------------------
 def amplification(inst: Instance, log_pi=None) -> dict:
     """For each pair of strategies with w_a > w_b (correct-conditioned base masses):
-    log(mass_SD(a)/mass_SD(b)) − log(w_a/w_b); amplification means all are > 0."""
+    log(mass(a)/mass(b)) − log(w_a/w_b) under log π (default π_SD); amplification: all > 0."""
+    _require_route(inst, "amplification")
     log_pi = sdsd_optimum(inst) if log_pi is None else log_pi
     w, m = _masses(inst.log_base, inst), _masses(log_pi, inst)
     gaps = []
     for a in range(len(w)):
         for b in range(len(w)):
             if w[a] > 0 and w[b] > 0 and np.log(w[a] / w[b]) > 1e-6:
-                gaps.append(np.log(m[a]) - np.log(m[b]) - np.log(w[a] / w[b]) if m[b] > 0 else np.inf)
+                with np.errstate(divide="ignore"):
+                    gaps.append(np.log(m[a]) - np.log(m[b]) - np.log(w[a] / w[b]) if m[b] > 0 else np.inf)
     return {"gaps": gaps, "min_gap": float(min(gaps)) if gaps else float("inf"),
             "base_masses": w.tolist(), "sdsd_masses": m.tolist()}
 
 
-def check_p4(inst: Instance) -> Result:
+def _strategy_demo_mass(inst) -> np.ndarray:
+    """D_z = Σ_{y in z} D(y), ordered like `_masses`."""
+    D, r = np.exp(inst.log_demos), inst.reward
+    return np.array([D[inst.route == z].sum() for z in np.unique(inst.route[r == 1])])
+
+
+def check_p4(inst: Instance, *, sdsd=sdsd_optimum) -> Result:
     """Gap amplification (route-copying, all correct, 0 < eps < 1): w_a > w_b ⇒
-    mass_SD(a)/mass_SD(b) > w_a/w_b; ratios inside a strategy kept; and the closed form
-    log mass_SD(z) = const + log w_z + D_z·log(1 + (1−eps)/(eps·w_z)) holds."""
+    mass_SD(a)/mass_SD(b) > w_a/w_b; ratios inside a strategy kept; and `sdsd`'s masses equal
+    the closed form log mass_SD(z) = const + log w_z + D_z·log(1 + (1−eps)/(eps·w_z))."""
+    _require_route_copying(inst, "P4")
     t = inst.teacher
-    log_pi = sdsd_optimum(inst)
+    log_pi = sdsd(inst)
     amp = amplification(inst, log_pi)
     inside = max(ratio_distortion(log_pi, inst.log_base, inst.reward * (inst.route == z)) for z in np.unique(inst.route))
     w = _masses(inst.log_base, inst)
-    D = np.array([np.exp(logsumexp(inst.log_demos[inst.route == z])) for z in sorted(np.unique(inst.route))])
-    pred = np.log(w) + D * np.log1p((1 - t.eps) / (t.eps * w))
-    pred = np.exp(pred - logsumexp(pred))
-    cf_err = float(np.max(np.abs(pred - np.array(amp["sdsd_masses"]))))
+    pred = route_copying_masses(w, _strategy_demo_mass(inst), t.eps)
+    cf_err = _max_abs(pred, amp["sdsd_masses"])
     # the amplification predicted by the closed form, φ(w_a) − φ(w_b) > 0 with
     # φ(w) = w·log1p(c/w), is exact in floating point even where the measured log-ratio gap
     # (a difference of O(1) logs) is below double resolution: require both
@@ -172,138 +346,286 @@ def check_p4(inst: Instance) -> Result:
                   {**amp, "inside_ratio_error": inside, "closed_form_error": cf_err, "eps": t.eps})
 
 
-def check_p4_general(inst: Instance) -> Result:
-    """The P4 statement outside its conditions (failures, overlapping strategies): a tendency."""
-    amp = amplification(inst)
-    return Result(amp["min_gap"] > 1e-12, amp["min_gap"], amp)
+def check_p4_general(inst: Instance, *, sdsd=sdsd_optimum) -> Result:
+    """The P4 statement outside its conditions (failures, overlapping strategies): a tendency.
+    `sdsd` must equal exp(E_D log T)/Z computed from the teacher's rows (details["agrees"])."""
+    _require_route(inst, "P4_general")
+    log_pi = sdsd(inst)
+    err = _max_abs(np.exp(log_pi), independent_sdsd(inst))
+    amp = amplification(inst, log_pi)
+    agrees = err <= TOL
+    margin = amp["min_gap"] if agrees else min(amp["min_gap"], TOL - err)
+    return Result(agrees and amp["min_gap"] > 1e-12, margin, {**amp, "agrees": agrees, "sdsd_error": err})
 
 
 # P5 ------------------------------------------------------------------------------------------
-def check_p5(inst: Instance) -> Result:
-    """Token vs sequence: π_SD(a|h) ∝ exp(E_D log T(a|h,y'))·Z(h·a) exactly, and π_tok = π_SD
-    iff Z(h·a) does not depend on a at every prefix h that π_SD reaches."""
+def _ancestors(tree) -> np.ndarray:
+    """A[i, h] = True iff prefix h lies on rollout i's root→leaf path (by walking parents)."""
+    A = np.zeros((tree.n_leaves, tree.n_nodes), bool)
+    for i, c in enumerate(tree.leaf_node):
+        while c >= 0:
+            A[i, c] = True
+            c = tree.parent[c]
+    return A
+
+
+def independent_token_level(inst) -> dict:
+    """Token-level quantities by brute force over the teacher's rows, from their definitions:
+    T(h | y'_j) = Σ_{y under h} T(y | y'_j); g(h·a) = Σ_j D_j log T(a | h, y'_j);
+    π_tok(y) = Π_t exp g(h_t·a_t) / Σ_b exp g(h_t·b); Z(h) = Σ_{y under h} Π_{edges below h} exp g;
+    π_SD's reach of h. NaN in g marks prefixes below one that a demonstration rules out."""
     tree = inst.tree
-    seq = sdsd_optimum(inst)
-    rel_err = float(np.max(np.abs(np.exp(sdsd_sequence_from_tokens(inst)) - np.exp(seq))))
-    tok = sdsd_token_optimum(inst)
+    D, rows = _demo_weights(inst)
+    A = _ancestors(tree)
+    node = np.stack([logsumexp(rows[:, A[:, h]], axis=1) for h in range(tree.n_nodes)], axis=1)  # (J, N)
+    par = tree.parent[1:]
+    with np.errstate(invalid="ignore"):
+        cond = np.where(np.isfinite(node[:, par]), node[:, 1:] - node[:, par], np.nan)
+    g = np.r_[0.0, (D[:, None] * cond).sum(axis=0)]
+    kids = [[] for _ in range(tree.n_nodes)]
+    for c in range(1, tree.n_nodes):
+        kids[tree.parent[c]].append(c)
+    reach = np.full(tree.n_nodes, -np.inf)
+    reach[0] = 0.0
+    for h in range(tree.n_nodes):
+        if not kids[h] or not np.isfinite(reach[h]):
+            continue
+        gk = g[kids[h]]
+        if np.isnan(gk).any() or not np.isfinite(gk).any():
+            raise PcmiInputError("the token-level SDSD optimum is undefined: at a prefix it reaches, "
+                                 "every next token is ruled out by some demonstration")
+        reach[kids[h]] = reach[h] + gk - logsumexp(gk)
+    e_leaf = (D[:, None] * rows).sum(axis=0)
+    log_prefix = (D[:, None] * node).sum(axis=0)        # E_D log T(h | y')
+    L = np.array([logsumexp(e_leaf[A[:, h]]) for h in range(tree.n_nodes)])
+    with np.errstate(invalid="ignore"):
+        log_Z = np.where(np.isfinite(log_prefix), L - log_prefix, np.nan)
+    return {"g": g, "kids": kids, "token": np.exp(reach[tree.leaf_node]), "log_Z": log_Z,
+            "sdsd": _normalized_exp(e_leaf, "E_D log T(y | y')"), "log_reach_sdsd": L - logsumexp(e_leaf)}
+
+
+def _z_spread(bf) -> float:
+    """max_h π_SD(h)·(max_a log Z(h·a) − min_a log Z(h·a)) over the children a with exp g > 0."""
+    worst = 0.0
+    for h, ks in enumerate(bf["kids"]):
+        if len(ks) < 2 or not np.isfinite(bf["log_reach_sdsd"][h]):
+            continue
+        z = bf["log_Z"][[c for c in ks if np.isfinite(bf["g"][c])]]
+        if len(z) < 2:
+            continue
+        spread = float(np.max(z) - np.min(z)) if np.isfinite(z).all() else (0.0 if np.isneginf(z).all() else np.inf)
+        worst = max(worst, float(np.exp(bf["log_reach_sdsd"][h])) * spread)
+    return worst
+
+
+def check_p5(inst: Instance, *, token=sdsd_token_optimum, sequence=sdsd_optimum,
+             factorized=sdsd_sequence_from_tokens, future=soft_future_value) -> Result:
+    """Token vs sequence: `token` equals π_tok and `sequence` π_SD, each computed by brute force
+    from the teacher's rows; the relation π_SD(a|h) ∝ exp(E_D log T(a|h,y'))·Z(h·a) holds
+    (`factorized` and `future` against the brute-force Z); and π_tok = π_SD iff Z(h·a) does
+    not depend on a at every prefix h that π_SD reaches."""
+    bf = independent_token_level(inst)
+    seq, tok = sequence(inst), token(inst)
+    tok_err = _max_abs(np.exp(tok), bf["token"])
+    seq_err = _max_abs(np.exp(seq), bf["sdsd"])
+    rel_err = _max_abs(np.exp(factorized(inst)), bf["sdsd"])
+    lz, ref = np.asarray(future(inst), float), bf["log_Z"]
+    live = np.isfinite(bf["log_reach_sdsd"]) & np.isfinite(ref)
+    z_err = float(np.max(np.abs(lz[live] - ref[live]))) if live.any() else 0.0
     tv = total_variation(tok, seq)
-    tl = token_level(inst)
-    reach = tree.prefix_logsumexp(seq)
-    live = np.isfinite(tl.g) & np.isfinite(reach)
-    lo = np.full(tree.n_nodes, np.inf)
-    hi = np.full(tree.n_nodes, -np.inf)
-    kids = np.flatnonzero(live[1:]) + 1
-    np.minimum.at(lo, tree.parent[kids], tl.log_Z[kids])
-    np.maximum.at(hi, tree.parent[kids], tl.log_Z[kids])
-    spread = np.where(hi >= lo, hi - lo, 0.0)
-    weighted = float(np.max(np.exp(reach) * spread))  # how much Z varies where π_SD goes
+    weighted = _z_spread(bf)  # how much Z varies where π_SD goes
     z_const = weighted <= 1e-12
     iff_ok = (tv <= 1e-9) if z_const else (tv > 0)
-    return Result(rel_err <= 1e-9 and iff_ok, min(1e-9 - rel_err, (1e-9 - tv) if z_const else tv),
-                  {"relation_error": rel_err, "tv_token_vs_sequence": tv, "z_spread_weighted": weighted,
+    err = max(tok_err, seq_err, rel_err, z_err)
+    ok = err <= 1e-9 and iff_ok
+    return Result(ok, min(1e-9 - err, (1e-9 - tv) if z_const else tv),
+                  {"token_error": tok_err, "sequence_error": seq_err, "relation_error": rel_err,
+                   "log_Z_error": z_err, "tv_token_vs_sequence": tv, "z_spread_weighted": weighted,
                    "z_constant": bool(z_const)})
 
 
 # P6 ------------------------------------------------------------------------------------------
-def check_p6(inst: Instance) -> Result:
-    """Bayesian teacher, D = π0 (all correct): π_fwd = π0, while π_SD may differ (reported)."""
-    fwd = forward_kl_optimum(inst)
-    err = float(np.max(np.abs(np.exp(fwd) - np.exp(inst.log_base))))
-    sd = sdsd_optimum(inst)
-    return Result(err <= 1e-9, 1e-9 - err, {"fwd_error": err, "kl_sdsd_base": kl(sd, inst.log_base),
-                                            "tv_sdsd_base": total_variation(sd, inst.log_base)})
+def pcmi_spread(inst) -> float:
+    """max − min over supp π0 of s(y) = E_D PCMI(y; y'), from the teacher's rows. The instance is
+    non-degenerate when it is > 0: then π_SD = π0·exp(s)/Z ≠ π0, since log π_SD − log π0 = s − log Z
+    is not constant on the support."""
+    live = np.isfinite(inst.log_base)
+    s = independent_expected_log_teacher(inst)[live] - inst.log_base[live]
+    return float(np.max(s) - np.min(s)) if np.isfinite(s).all() else float("inf")
+
+
+def check_p6(inst: Instance, *, forward=forward_kl_optimum, sdsd=sdsd_optimum) -> Result:
+    """Bayesian teacher, D = π0 (all correct): `forward` equals π0 and Σ_j D_j T(·|y'_j);
+    `sdsd` equals scipy's minimizer of E_D KL(π ‖ T); and π_SD ≠ π0 whenever the instance is
+    non-degenerate (s = E_D PCMI not constant on supp π0, `pcmi_spread` > 1e-9)."""
+    _require_bayesian(inst, "P6")
+    _require_all_correct(inst, "P6")
+    if _max_abs(np.exp(inst.log_demos), np.exp(inst.log_base)) > 1e-9:
+        raise PcmiInputError("P6 needs D = π0 (demonstrations from the model's own rollouts, all correct)")
+    fwd = forward(inst)
+    base = np.exp(inst.log_base)
+    fwd_err = max(_max_abs(np.exp(fwd), base), _max_abs(np.exp(fwd), independent_forward(inst)))
+    sd = sdsd(inst)
+    numeric = numerical_reverse_kl_minimizer(inst)
+    sd_err = _max_abs(np.exp(sd), np.exp(numeric))
+    spread = pcmi_spread(inst)
+    non_degenerate = spread > 1e-9
+    tv = total_variation(sd, inst.log_base)
+    differs = tv > 0
+    ok = fwd_err <= 1e-9 and sd_err <= 1e-7 and (differs or not non_degenerate)
+    margin = min(1e-9 - fwd_err, 1e-7 - sd_err, tv if non_degenerate else np.inf)
+    return Result(ok, margin, {"fwd_error": fwd_err, "sdsd_error": sd_err, "pcmi_spread": spread,
+                               "non_degenerate": bool(non_degenerate), "tv_sdsd_base": tv,
+                               "kl_sdsd_base": kl(sd, inst.log_base)})
 
 
 # P7 ------------------------------------------------------------------------------------------
-def check_p7(inst: Instance, max_rounds: int = 400) -> Result:
-    """Collapse: SDSD rounds (route-copying, all correct) lower the strategy-mass entropy
-    monotonically and converge to the heaviest strategy when it is unique; forward-KL and RL
-    rounds keep the ratios between strategies."""
+def check_p7(inst: Instance, max_rounds: int = 400, *, sdsd=sdsd_optimum, rebuild=on_policy_instance,
+             forward=forward_kl_optimum, rl=rl_optimum) -> Result:
+    """Collapse: SDSD rounds (route-copying, all correct; each round's instance from `rebuild`)
+    lower the strategy-mass entropy monotonically and converge to the heaviest strategy when it
+    is unique; each round's masses equal the closed form applied to the previous round's
+    (m' ∝ m·(1 + (1−eps)/(eps·m))^{D}, D = previous masses); forward-KL and RL rounds keep the
+    ratios between strategies."""
+    _require_route_copying(inst, "P7")
+    try:
+        return _p7(inst, max_rounds, sdsd, rebuild, forward, rl)
+    except PcmiInputError as exc:  # the conditions hold, so an implementation broke a round
+        return Result(False, -np.inf, {"error": str(exc)})
+
+
+def _p7(inst, max_rounds, sdsd, rebuild, forward, rl) -> Result:
+    eps = inst.teacher.eps
     log_pi, cur, k = inst.log_base, inst, 0
-    ent = [strategy_mass_entropy(log_pi, inst.reward, inst.route)]
     hist = [_masses(log_pi, inst)]
+    demo = _strategy_demo_mass(inst)
+    rec_err = 0.0
     while k < max_rounds and (k < 8 or hist[-1].max() < 1 - 1e-6):
-        log_pi = sdsd_optimum(cur)
-        cur = on_policy_instance(cur, log_pi)
-        ent.append(strategy_mass_entropy(log_pi, inst.reward, inst.route))
-        hist.append(_masses(log_pi, inst))
+        log_pi = sdsd(cur)
+        m = _masses(log_pi, inst)
+        rec_err = max(rec_err, _max_abs(m, route_copying_masses(hist[-1], demo, eps)))
+        cur = rebuild(cur, log_pi)
+        demo = m  # next round's demonstrations: π_k(· | r = 1)
+        hist.append(m)
         k += 1
+    ent = [_entropy(h) for h in hist]
     a = int(np.argmax(hist[0]))
     top_rising = all(h1[a] > h0[a] or h1[a] >= 1 - 1e-12 for h0, h1 in zip(hist[:-1], hist[1:]))
-    odds = [np.log(h[a]) - np.log(h) for h in hist[-3:]]
+    with np.errstate(divide="ignore"):
+        odds = [np.log(h[a]) - np.log(h) for h in hist[-3:]]
     last_gains = [(g0, g1) for g0, g1 in zip(odds[1] - odds[0], odds[2] - odds[1])] if len(odds) == 3 else []
     last_gains = [pair for b, pair in enumerate(last_gains) if b != a]
     rise = float(max(np.diff(ent).max(), 0.0))
-    w = _masses(inst.log_base, inst)
+    w = hist[0]
     top = np.sort(w)[::-1]
     unique = len(top) < 2 or top[0] > top[1] * (1 + 1e-9)
     heaviest = int(np.argmax(w))
-    final = _masses(log_pi, inst)
+    final = hist[-1]
     reached = final[heaviest] >= 1 - 1e-6
     # Not reached within max_rounds (eps near 1 tilts slowly): certify the limit instead. The
     # log-odds gain of the top strategy a over b per round is φ(m_a) − φ(m_b) with
     # φ(m) = m·log(1 + (1−eps)/(eps·m)) increasing, so once m_a grows and every m_b shrinks the
     # gains are positive and non-decreasing, and the odds diverge.
-    certified = bool(top_rising) and all(gl > 0 and gl >= g0 - 1e-12 for g0, gl in last_gains)
+    certified = bool(top_rising) and bool(last_gains) and all(gl > 0 and gl >= g0 - 1e-12 for g0, gl in last_gains)
     converged = (not unique) or reached or certified
     keep = 0.0
-    for r in forward_kl_rounds(inst, 3)[1:] + rl_rounds(inst, 3, 1.0)[1:]:
-        keep = max(keep, float(np.max(np.abs(np.log(_masses(r.log_pi, inst)) - np.log(w)))))
-    ok = rise <= 1e-9 and converged and keep <= 1e-8
+    cur, lp_fwd, lp_rl = inst, inst.log_base, inst.log_base
+    for _ in range(3):  # forward-KL rounds (teacher rebuilt) and RL rounds π ∝ π·exp(r/β)
+        lp_fwd, lp_rl = forward(cur), rl(lp_rl, inst.reward, 1.0)
+        keep = max(keep, _max_abs(_masses(lp_fwd, inst), w), _max_abs(_masses(lp_rl, inst), w))
+        cur = rebuild(cur, lp_fwd)
+    ok = rise <= 1e-9 and converged and keep <= 1e-8 and rec_err <= 1e-8
     conv_margin = (1.0 if not unique else final[heaviest] - (1 - 1e-6) if reached
                    else min(gl for _, gl in last_gains) if certified else final[heaviest] - (1 - 1e-6))
-    return Result(ok, min(1e-9 - rise, 1e-8 - keep, conv_margin),
+    return Result(ok, min(1e-9 - rise, 1e-8 - keep, 1e-8 - rec_err, conv_margin),
                   {"entropy": ent[:10], "rounds": k, "final_top_mass": float(final[heaviest]),
                    "reached": bool(reached), "certified_by_rising_gains": bool(certified),
-                   "max_entropy_rise": rise, "ratio_drift_fwd_rl": keep})
+                   "max_entropy_rise": rise, "ratio_drift_fwd_rl": keep, "closed_form_round_error": rec_err})
 
 
 # P8 ------------------------------------------------------------------------------------------
 def _dominant_blocked(inst: Instance) -> np.ndarray:
-    w = strategy_masses(inst.log_base, inst.reward, inst.route)
-    dom = max(w, key=w.get)
-    return inst.route == dom
+    """Mask of the rollouts of π0's heaviest strategy among the correct ones."""
+    r = inst.reward
+    labels = np.unique(inst.route[r == 1])
+    return inst.route == labels[int(np.argmax(_masses(inst.log_base, inst)))]
 
 
-def diversity_comparison(inst: Instance, beta: float | None = None) -> dict:
+def diversity_comparison(inst: Instance, beta: float | None = None, *, rl=rl_optimum, sdsd=sdsd_optimum) -> dict:
     """SDSD vs RL (β given, or matched so that RL's success equals SDSD's): strategy-mass
     entropy and OOD success with the base policy's dominant route blocked."""
-    sd = sdsd_optimum(inst)
+    _require_route(inst, "the diversity comparison")
+    sd = sdsd(inst)
     p_sd, p0 = success(sd, inst.reward), success(inst.log_base, inst.reward)
     if beta is None:
         beta = 1.0 if p0 >= 1 - 1e-12 else rl_beta_for_success(p0, p_sd)
-    rl = rl_optimum(inst.log_base, inst.reward, beta)
+    lrl = rl(inst.log_base, inst.reward, beta)
     blocked = _dominant_blocked(inst)
-    w, m_sd = _masses(rl, inst), _masses(sd, inst)
+    w, m_sd = _masses(lrl, inst), _masses(sd, inst)
     cums = np.cumsum(np.sort(m_sd)[::-1]) - np.cumsum(np.sort(w)[::-1])
-    return {"beta": beta, "success_sdsd": p_sd, "success_rl": success(rl, inst.reward),
+    return {"beta": beta, "success_sdsd": p_sd, "success_rl": success(lrl, inst.reward),
             "H_sdsd": strategy_mass_entropy(sd, inst.reward, inst.route),
-            "H_rl": strategy_mass_entropy(rl, inst.reward, inst.route),
-            "ood_sdsd": ood_success(sd, inst.reward, blocked), "ood_rl": ood_success(rl, inst.reward, blocked),
-            "majorization_gap": float(cums.min())}
+            "H_rl": strategy_mass_entropy(lrl, inst.reward, inst.route),
+            "ood_sdsd": ood_success(sd, inst.reward, blocked), "ood_rl": ood_success(lrl, inst.reward, blocked),
+            "majorization_gap": float(cums.min()), "rl_masses": w.tolist(), "sdsd_masses": m_sd.tolist(),
+            "log_rl": lrl, "log_sdsd": sd, "blocked": blocked}
 
 
-def check_p8(inst: Instance, beta: float = 1.0) -> Result:
+def _independent_diversity(inst, d, p_rl, p_sd) -> float:
+    """Largest disagreement between the comparison `d` and the same numbers from the
+    independently computed policies p_rl, p_sd (probabilities)."""
+    r, blocked = inst.reward, d["blocked"]
+    m_rl, m_sd = _masses_of(p_rl, r, inst.route), _masses_of(p_sd, r, inst.route)
+    ood = lambda p: float(np.sum(p[(r == 1) & ~blocked]))  # noqa: E731
+    return max(_max_abs(np.exp(d["log_rl"]), p_rl), _max_abs(np.exp(d["log_sdsd"]), p_sd),
+               abs(d["H_rl"] - _entropy(m_rl)), abs(d["H_sdsd"] - _entropy(m_sd)),
+               abs(d["ood_rl"] - ood(p_rl)), abs(d["ood_sdsd"] - ood(p_sd)),
+               abs(d["success_rl"] - float(np.sum(p_rl[r == 1]))), abs(d["success_sdsd"] - float(np.sum(p_sd[r == 1]))))
+
+
+def _public(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("log_rl", "log_sdsd", "blocked")}
+
+
+def check_p8(inst: Instance, beta: float = 1.0, *, rl=rl_optimum, sdsd=sdsd_optimum) -> Result:
     """Diversity cost (route-copying, all correct): RL keeps π0's strategy masses, SDSD's
-    majorize them, so SDSD's strategy-mass entropy and OOD success are at most RL's."""
-    d = diversity_comparison(inst, beta)
-    d["rl_mass_drift"] = float(np.max(np.abs(_masses(rl_optimum(inst.log_base, inst.reward, beta), inst)
-                                              - _masses(inst.log_base, inst))))
+    majorize them, so SDSD's strategy-mass entropy and OOD success are at most RL's. The
+    policies, masses, entropies and OOD successes are checked against π_RL = π0·exp(r/β)/Z
+    and the route-copying closed form for the SDSD masses."""
+    _require_route_copying(inst, "P8")
+    d = diversity_comparison(inst, beta, rl=rl, sdsd=sdsd)
+    w = _masses(inst.log_base, inst)
+    p_rl = independent_rl(inst.log_base, inst.reward, beta)
+    m_cf = route_copying_masses(w, _strategy_demo_mass(inst), inst.teacher.eps)
+    d["rl_mass_drift"] = _max_abs(d["rl_masses"], w)
+    d["closed_form_error"] = _max_abs(d["sdsd_masses"], m_cf)
+    d["independent_error"] = _independent_diversity(inst, d, p_rl, independent_sdsd(inst))
     tol = 1e-12
     margin = min(d["majorization_gap"] + tol, d["H_rl"] - d["H_sdsd"] + tol, d["ood_rl"] - d["ood_sdsd"] + tol,
-                 1e-9 - d["rl_mass_drift"])
-    return Result(margin >= 0, margin, d)
+                 1e-9 - d["rl_mass_drift"], 1e-9 - d["closed_form_error"], 1e-9 - d["independent_error"])
+    return Result(margin >= 0, margin, _public(d))
 
 
-def check_p8_failures(inst: Instance) -> Result | None:
+def check_p8_failures(inst: Instance, *, rl=rl_optimum, sdsd=sdsd_optimum) -> Result | None:
     """The P8 comparison with failing rollouts and β matched to SDSD's success: a tendency.
-    None when no β > 0 matches (SDSD's success not above the base's)."""
-    p0, p_sd = success(inst.log_base, inst.reward), success(sdsd_optimum(inst), inst.reward)
+    None when no β > 0 matches (SDSD's success not above the base's). The policies must agree
+    with π_SD and π_RL computed independently (details["agrees"]), and RL's success must equal
+    SDSD's."""
+    _require_route(inst, "P8_failures")
+    p_sd_ind = independent_sdsd(inst)
+    p0 = float(np.exp(inst.log_base)[inst.reward == 1].sum())
+    p_sd = float(p_sd_ind[inst.reward == 1].sum())
     if not p0 < p_sd < 1:
         return None
-    d = diversity_comparison(inst)
+    beta = rl_beta_for_success(p0, p_sd)
+    d = diversity_comparison(inst, beta, rl=rl, sdsd=sdsd)
+    p_rl = independent_rl(inst.log_base, inst.reward, beta)
+    err = _independent_diversity(inst, d, p_rl, p_sd_ind)
+    err = max(err, abs(float(p_rl[inst.reward == 1].sum()) - p_sd))  # β matches the successes
+    agrees = err <= TOL
     margin = min(d["H_rl"] - d["H_sdsd"], d["ood_rl"] - d["ood_sdsd"])
-    return Result(margin >= -1e-12, margin, d)
+    out = {**_public(d), "agrees": agrees, "independent_error": err}
+    return Result(agrees and margin >= -1e-12, margin if agrees else min(margin, TOL - err), out)
 
 
 # counterexample search -----------------------------------------------------------------------
@@ -316,22 +638,50 @@ class SearchReport:
     skipped: int
     smallest_margin: float
     counterexample: dict | None
+    disagreements: int = 0  # instances where the implementation disagreed with the independent route
 
     @property
     def hold_rate(self) -> float:
         return self.held / self.tried if self.tried else float("nan")
 
 
-def describe(inst: Instance) -> dict:
-    """A small JSON-able description of an instance (for counterexample reports)."""
-    return {"name": inst.name, "n": inst.n, "base": np.round(np.exp(inst.log_base), 6).tolist(),
-            "reward": inst.reward.tolist(),
-            "route": None if inst.route is None else inst.route.tolist()}
+def _floats(a) -> list:
+    return [float(x) for x in np.asarray(a, float)]
+
+
+def instance_json(inst, beta: float | None = None) -> dict:
+    """The explicit instance JSON that `pcmi solve FILE` loads (solve.load_instance): base,
+    reward, the full teacher matrix (row j = T(·|y'_j)), demos and route, floats at full
+    precision (json writes repr). `inst` is an Instance, or (log_base, reward, beta) for P1.
+    The prefix tree is not kept: token-level quantities of a file are those of the flat tree."""
+    if isinstance(inst, tuple):  # P1's (log_base, reward, β): the teacher is irrelevant, T = π0
+        log_base, reward, beta = inst
+        base = _floats(np.exp(log_base))
+        return {"base": base, "reward": [int(r) for r in reward], "teacher": [base] * len(base),
+                "beta": float(beta)}
+    if not isinstance(inst, Instance):  # P3's teacher: all correct, D = π0
+        inst = Instance(inst.log_base, np.ones(inst.n, dtype=np.int64), inst, inst.log_base)
+    out = {"base": _floats(np.exp(inst.log_base)), "reward": [int(r) for r in inst.reward],
+           "teacher": [_floats(row) for row in np.exp(leaf_rows(inst.teacher, inst.n))],
+           "demos": _floats(np.exp(inst.log_demos))}
+    if inst.route is not None:
+        out["route"] = [x.item() if hasattr(x, "item") else x for x in inst.route]
+    if beta is not None:
+        out["beta"] = float(beta)
+    return out
+
+
+def describe(inst) -> dict:
+    """Size and name of an instance (for reports); `instance_json` rebuilds it."""
+    if isinstance(inst, tuple):
+        return {"name": "P1 (base, reward, beta)", "n": len(inst[0])}
+    return {"name": getattr(inst, "name", type(inst).__name__), "n": inst.n}
 
 
 def search_counterexamples(name: str, kind: str, make, check, n: int, rng) -> SearchReport:
-    """Run `check(make(rng))` n times; keep the smallest (fewest rollouts) failing instance."""
-    held = skipped = tried = 0
+    """Run `check(make(rng))` n times; keep the smallest (fewest rollouts) failing instance as
+    {"n", "name", "margin", "details", "instance": instance_json(...)}."""
+    held = skipped = tried = disagree = 0
     smallest, best = np.inf, None
     for _ in range(n):
         inst = make(rng)
@@ -341,12 +691,17 @@ def search_counterexamples(name: str, kind: str, make, check, n: int, rng) -> Se
             continue
         tried += 1
         held += bool(res.holds)
+        disagree += res.details.get("agrees", True) is False
         smallest = min(smallest, res.margin)
-        size = getattr(inst, "n", 0)
-        if not res.holds and (best is None or (size, res.margin) < (best["instance"]["n"], best["margin"])):
-            best = {"instance": describe(inst) if isinstance(inst, Instance) else {"n": size},
-                    "margin": res.margin, "details": _jsonable(res.details)}
-    return SearchReport(name, kind, tried, held, skipped, float(smallest), best)
+        size = describe(inst)["n"]
+        if not res.holds and (best is None or (size, res.margin) < (best[0], best[1])):
+            best = (size, res.margin, inst, res)
+    ce = None
+    if best is not None:
+        size, margin, inst, res = best
+        ce = {**describe(inst), "margin": float(margin), "details": _jsonable(res.details),
+              "instance": instance_json(inst)}
+    return SearchReport(name, kind, tried, held, skipped, float(smallest), ce, disagree)
 
 
 def _jsonable(d):
@@ -354,6 +709,8 @@ def _jsonable(d):
         return {str(k): _jsonable(v) for k, v in d.items()}
     if isinstance(d, (list, tuple)):
         return [_jsonable(v) for v in d]
+    if isinstance(d, (bool, np.bool_)):
+        return bool(d)
     if isinstance(d, (np.floating, float)):
         return float(d)
     if isinstance(d, (np.integer, int)):

@@ -1,12 +1,21 @@
-"""`pcmi verify`: every proposition of theory.md §6 checked on seeded generated instances."""
+"""`pcmi verify`: every proposition of theory.md §6 checked on seeded generated instances.
+
+`run_verify` prints the table; each counterexample comes as an explicit instance JSON (full
+precision) that `pcmi solve FILE` loads, embedded in the report or written to
+DIR/<check>.json; `verify_instance(FILE, CHECK)` re-runs one check on such a file.
+"""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 
 from . import generate as gen
 from . import propositions as P
+from .atomic import atomic_write_json
+from .errors import PcmiInputError
 from .teachers import LatentStrategyTeacher
 
 
@@ -81,6 +90,39 @@ ROWS = [
 ]
 
 
+# check names for --check and DIR/<check>.json: the row name, except for the two tendencies
+CHECK_OF_ROW = {"P4-outside": "P4_general", "P8-failures": "P8_failures"}
+
+
+def _beta_of(data) -> float:
+    from .policies import check_beta
+    return check_beta(data.get("beta", 1.0) if isinstance(data, dict) else 1.0)
+
+
+# check name -> run(inst, parsed JSON) -> Result | None
+CHECKS = {
+    "P1": lambda inst, data: P.check_p1(inst.log_base, inst.reward, _beta_of(data)),
+    "P2": lambda inst, data: P.check_p2(inst),
+    "P3": lambda inst, data: P.check_p3(inst.teacher),
+    "P4": lambda inst, data: P.check_p4(inst),
+    "P4_general": lambda inst, data: P.check_p4_general(inst),
+    "P5": lambda inst, data: P.check_p5(inst),
+    "P6": lambda inst, data: P.check_p6(inst),
+    "P7": lambda inst, data: P.check_p7(inst),
+    "P8": lambda inst, data: P.check_p8(inst, _beta_of(data)),
+    "P8_failures": lambda inst, data: P.check_p8_failures(inst),
+}
+_ALIASES = {name.upper().replace("-", "_"): name for name in CHECKS} | {"P4_OUTSIDE": "P4_general"}
+
+
+def check_name(name) -> str:
+    """The canonical check name (P1 … P8, P4_general, P8_failures); '-' and case are ignored."""
+    key = str(name).strip().upper().replace("-", "_")
+    if key not in _ALIASES:
+        raise PcmiInputError(f"unknown check {name!r}; expected one of {', '.join(CHECKS)}")
+    return _ALIASES[key]
+
+
 def verify_all(examples: int = 200, seed: int = 0, progress: bool = False) -> list[P.SearchReport]:
     reports = []
     rows = ROWS
@@ -93,31 +135,100 @@ def verify_all(examples: int = 200, seed: int = 0, progress: bool = False) -> li
     return reports
 
 
-def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False) -> int:
-    if examples < 1:
-        raise ValueError(f"--examples must be >= 1, got {examples}")
+def write_counterexamples(reports, folder) -> dict:
+    """Write each report's counterexample instance to folder/<check>.json (atomically);
+    returns {row name: path}. The folder is created if missing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PcmiInputError(f"--counterexamples {folder}: not a directory")
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for r in reports:
+        if r.counterexample:
+            path = folder / f"{CHECK_OF_ROW.get(r.name, r.name)}.json"
+            atomic_write_json(path, r.counterexample["instance"], indent=1)
+            paths[r.name] = str(path)
+    return paths
+
+
+def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False, counterexample_dir=None) -> int:
+    """Print the table (or JSON); exit status 0 iff every universal proposition held, every
+    implementation agreed with its independent computation and every sympy proof went through."""
+    if isinstance(examples, bool) or not isinstance(examples, (int, np.integer)) or examples < 1:
+        raise PcmiInputError(f"--examples must be an integer >= 1, got {examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PcmiInputError(f"--seed must be an integer >= 0, got {seed!r}")
     reports = verify_all(examples, seed, progress=not as_json)
+    files = write_counterexamples(reports, counterexample_dir) if counterexample_dir is not None else {}
     statements = {name: text for name, _, text, _, _ in ROWS}
     from .symbolic import all_proofs
     proofs = all_proofs()
-    ok = all(r.held == r.tried for r in reports if r.kind == "universal") and all(p.proved for p in proofs)
+    ok = (all(r.held == r.tried for r in reports if r.kind == "universal")
+          and all(r.disagreements == 0 for r in reports) and all(p.proved for p in proofs))
     if as_json:
         print(json.dumps({"seed": seed, "examples": examples, "all_universal_hold": ok, "rows": [
-            {"proposition": r.name, "kind": r.kind, "statement": statements[r.name], "tried": r.tried,
-             "held": r.held, "skipped": r.skipped, "hold_rate": r.hold_rate, "smallest_margin": r.smallest_margin,
-             "counterexample": r.counterexample} for r in reports],
+            {"proposition": r.name, "check": CHECK_OF_ROW.get(r.name, r.name), "kind": r.kind,
+             "statement": statements[r.name], "tried": r.tried, "held": r.held, "skipped": r.skipped,
+             "hold_rate": r.hold_rate, "smallest_margin": r.smallest_margin, "disagreements": r.disagreements,
+             "counterexample": r.counterexample, "counterexample_file": files.get(r.name)} for r in reports],
             "symbolic": [{"name": p.name, "statement": p.statement, "proved": p.proved,
                           "steps": [{"step": st, "ok": bool(o)} for st, o in p.steps]} for p in proofs]}, indent=1))
-    else:
-        print(f"{'prop':<12} {'kind':<10} {'tried':>5} {'held':>5} {'rate':>7} {'min margin':>11}  statement")
-        for r in reports:
-            print(f"{r.name:<12} {r.kind:<10} {r.tried:>5} {r.held:>5} {r.hold_rate:>7.1%} "
-                  f"{r.smallest_margin:>11.3g}  {statements[r.name]}")
-        for r in reports:
-            if r.counterexample:
-                ce = r.counterexample
-                print(f"\n{r.name} smallest counterexample (n={ce['instance']['n']}, margin {ce['margin']:.3g}): "
+        return 0 if ok else 1
+    print(f"{'prop':<12} {'kind':<10} {'tried':>5} {'held':>5} {'rate':>7} {'min margin':>11}  statement")
+    for r in reports:
+        print(f"{r.name:<12} {r.kind:<10} {r.tried:>5} {r.held:>5} {r.hold_rate:>7.1%} "
+              f"{r.smallest_margin:>11.3g}  {statements[r.name]}")
+    for r in reports:
+        if r.disagreements:
+            print(f"\n{r.name}: the implementation disagreed with the independent computation on "
+                  f"{r.disagreements} instance(s)")
+    for r in reports:
+        if r.counterexample:
+            ce, check = r.counterexample, CHECK_OF_ROW.get(r.name, r.name)
+            head = f"\n{r.name} smallest counterexample ({ce['name']}, n={ce['n']}, margin {ce['margin']!r})"
+            if r.name in files:
+                print(f"{head}: written to {files[r.name]}\n  re-run: pcmi verify --instance {files[r.name]} --check {check}")
+            else:
+                print(f"{head}; save this line as FILE and re-run: pcmi verify --instance FILE --check {check}\n"
                       f"{json.dumps(ce['instance'])}")
-        print("\nsymbolic (sympy): " + ", ".join(f"{p.name} {'proved' if p.proved else 'NOT PROVED'}" for p in proofs))
-        print("\nall universal propositions hold" if ok else "\nA UNIVERSAL PROPOSITION FAILED")
+    print("\nsymbolic (sympy): " + ", ".join(f"{p.name} {'proved' if p.proved else 'NOT PROVED'}" for p in proofs))
+    print("\nall universal propositions hold" if ok else "\nA UNIVERSAL PROPOSITION FAILED")
     return 0 if ok else 1
+
+
+def load_instance_file(path):
+    """(Instance, parsed JSON) from an instance file in `pcmi solve`'s format."""
+    from .solve import load_instance
+    p = Path(path)
+    if not p.is_file():
+        raise PcmiInputError(f"file not found: {path}" if not p.exists() else f"{path} is not a file")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise PcmiInputError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise PcmiInputError(f"{path} is not a text file") from None
+    return load_instance(data)[0], data
+
+
+def verify_instance(path, check=None, as_json: bool = False) -> int:
+    """Re-run one check on an instance file (e.g. a saved counterexample) and print its verdict
+    and margin (repr, full precision). Exit status 0 if the check holds (or does not apply), 1 if not."""
+    if check is None:
+        raise PcmiInputError(f"--instance needs --check NAME (one of {', '.join(CHECKS)})")
+    name = check_name(check)
+    inst, data = load_instance_file(path)
+    res = CHECKS[name](inst, data)
+    if res is None:
+        out = {"check": name, "file": str(path), "applies": False, "holds": None, "margin": None, "details": {}}
+    else:
+        out = {"check": name, "file": str(path), "applies": True, "holds": bool(res.holds),
+               "margin": float(res.margin), "details": P._jsonable(res.details)}
+    if as_json:
+        print(json.dumps(out, indent=1))
+    elif res is None:
+        print(f"{name} on {path}: does not apply to this instance (see the check's conditions)")
+    else:
+        print(f"{name} on {path}: {'holds' if res.holds else 'FAILS'}, margin {float(res.margin)!r}")
+        print(json.dumps(out["details"]))
+    return 0 if res is None or res.holds else 1

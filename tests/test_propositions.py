@@ -85,7 +85,8 @@ def test_tendencies_are_measured_not_assumed():
         assert 0.5 < rep.hold_rate < 1.0, rep
         assert rep.counterexample is not None and rep.counterexample["margin"] < 0
         import json
-        assert json.loads(json.dumps(rep.counterexample))["instance"]["n"] >= 2
+        ce = json.loads(json.dumps(rep.counterexample))
+        assert ce["n"] >= 2 and len(ce["instance"]["base"]) == ce["n"]
 
 
 def test_symbolic_proofs_go_through():
@@ -100,3 +101,51 @@ def test_symbolic_checker_rejects_a_false_identity():
     wa = sp.Symbol("w_a", positive=True)
     assert prove_p4(2).proved
     assert not S._zero(sp.log(wa) - sp.log(2 * wa))
+
+
+def _explicit(route=None):
+    from pcmi import Instance
+    return Instance.explicit([0.5, 0.3, 0.2], [1, 1, 1], [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]],
+                             route=route)
+
+
+def test_checks_name_missing_preconditions():
+    """A check whose conditions the instance lacks raises a one-line PcmiInputError naming them."""
+    import pytest
+    from pcmi.errors import PcmiInputError
+    no_route = _explicit()
+    for check, what in ((P.check_p8, "route"), (P.check_p4, "route"), (P.check_p7, "route"),
+                        (P.check_p4_general, "route"), (P.check_p8_failures, "route"),
+                        (P.check_p6, "Bayesian")):
+        with pytest.raises(PcmiInputError, match=what) as err:
+            check(no_route)
+        assert "\n" not in str(err.value)
+    kernel = _explicit(route=[0, 0, 1])
+    for check in (P.check_p4, P.check_p7, P.check_p8):
+        with pytest.raises(PcmiInputError, match="route-copying"):
+            check(kernel)
+    with pytest.raises(PcmiInputError, match="eps = 0"):
+        P.check_p3(LatentStrategyTeacher(np.log([0.5, 0.5]), np.log([[0.9, 0.1], [0.2, 0.8]]), 0.3))
+    gen_rng = np.random.default_rng(0)
+    from pcmi import generate as gen
+    failing = gen.route_copying_instance(gen_rng, all_correct=False)
+    failing.reward[0] = 0
+    with pytest.raises(PcmiInputError, match="every rollout correct"):
+        P.check_p4(failing)
+
+
+def test_p4_general_and_p8_failures_run_on_explicit_instances():
+    """The tendency checks need only a route: they run on a plain teacher matrix."""
+    inst = _explicit(route=[0, 0, 1])
+    assert P.check_p4_general(inst).details["agrees"]
+    res = P.check_p8_failures(inst)
+    assert res is None  # all correct: no β matches SDSD's success
+
+
+@given(latent_instances(eps=st.just(0.0), all_correct=True))
+def test_p6_non_degenerate_means_sdsd_moves(inst):
+    """P6's second half: when E_D PCMI is not constant on supp π0, π_SD ≠ π0 (and it is checked)."""
+    res = P.check_p6(inst)
+    assert res.holds
+    if res.details["pcmi_spread"] > 1e-6:
+        assert res.details["non_degenerate"] and res.details["tv_sdsd_base"] > 0
