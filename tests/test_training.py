@@ -1,5 +1,6 @@
-"""Toy trainer: losses against plain formulas, exact enumeration through the network, resume,
-and the tiny config end to end (SDSD and RL raise success on the training prompts)."""
+"""Toy trainer end to end: exact enumeration through the network, the tiny config (SDSD and RL raise
+success and each lands closer to its own closed form), config validation, the command's output,
+checkpoint reuse and method merging. Unit tests: test_training_losses/_train/_evaluate.py."""
 from __future__ import annotations
 
 import json
@@ -9,65 +10,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pcmi.training import get_config  # noqa: E402
+from pcmi.errors import PcmiInputError  # noqa: E402
+from pcmi.training import PRESETS, TrainConfig, get_config  # noqa: E402
 from pcmi.training.data import make_world  # noqa: E402
 from pcmi.training.evaluate import data_law_on, enumerate_model  # noqa: E402
 from pcmi.training.losses import per_token_divergence  # noqa: E402
-from pcmi.training.rollouts import Rollouts, move_table, sample_rollouts  # noqa: E402
+from pcmi.training.rollouts import move_table, sample_rollouts  # noqa: E402
 from pcmi.training.run import run_train  # noqa: E402
-from pcmi.training.train import StageInterrupted, choose_demonstrations, new_model  # noqa: E402
-
-ALPHAS = (0.0, 0.3, 0.5, 1.0)
+from pcmi.training.train import new_model  # noqa: E402
 
 
-# ----------------------------------------------------------------------------- losses
-def _np_log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _np_divergence(ls, lt, alpha):
-    """Plain numpy D_α of theory.md §3."""
-    s, t = np.exp(ls), np.exp(lt)
-    if alpha == 1:
-        return (s * (ls - lt)).sum(-1)
-    if alpha == 0:
-        return (t * (lt - ls)).sum(-1)
-    m = (1 - alpha) * s + alpha * t
-    return alpha * (t * (lt - np.log(m))).sum(-1) + (1 - alpha) * (s * (ls - np.log(m))).sum(-1)
-
-
-@pytest.fixture(scope="module")
-def logits():
-    g = np.random.default_rng(0)
-    return g.normal(size=(3, 5, 11)) * 2, g.normal(size=(3, 5, 11)) * 2
-
-
-@pytest.mark.parametrize("alpha", ALPHAS)
-def test_per_token_loss_against_plain_numpy(logits, alpha):
-    s, t = logits
-    ours = per_token_divergence(torch.tensor(s), torch.tensor(t), alpha).double().numpy()
-    ref = _np_divergence(_np_log_softmax(s), _np_log_softmax(t), alpha)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
-    assert ours.shape == (3, 5) and np.all(ours >= -1e-6)
-
-
-def test_js_endpoints_are_reverse_and_forward_kl(logits):
-    s, t = map(torch.tensor, logits)
-    ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
-    reverse = (ls.exp() * (ls - lt)).sum(-1)
-    forward = (lt.exp() * (lt - ls)).sum(-1)
-    torch.testing.assert_close(per_token_divergence(s, t, 1.0), reverse.float(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(per_token_divergence(s, t, 0.0), forward.float(), rtol=1e-5, atol=1e-6)
-    # the interior of the family is symmetric under (S, T, α) → (T, S, 1 − α) and vanishes at S = T
-    torch.testing.assert_close(per_token_divergence(s, t, 0.3), per_token_divergence(t, s, 0.7), rtol=1e-5, atol=1e-6)
-    assert per_token_divergence(s, s, 0.5).abs().max() < 1e-6
-
-
-@pytest.mark.parametrize("alpha", ALPHAS)
-def test_per_token_loss_against_trl(logits, alpha):
+# ----------------------------------------------------------------------------- losses (vs trl, optional)
+@pytest.mark.parametrize("alpha", (0.0, 0.3, 0.5, 1.0))
+def test_per_token_loss_against_trl(alpha):
     sdpo = pytest.importorskip("trl.experimental.sdpo.loss_utils", reason="trl not installed (optional)")
-    s, t = map(torch.tensor, logits)
+    g = np.random.default_rng(0)
+    s, t = torch.tensor(g.normal(size=(3, 5, 11)) * 2), torch.tensor(g.normal(size=(3, 5, 11)) * 2)
     theirs = sdpo.compute_full_logit_self_distillation_loss(s.float(), t.float().detach(), distillation_alpha=alpha)
     torch.testing.assert_close(per_token_divergence(s, t, alpha), theirs.float(), rtol=1e-4, atol=1e-5)
 
@@ -112,40 +70,6 @@ def test_sampled_success_matches_enumerated_success(world):
     assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3
 
 
-def test_demonstrations_are_correct_siblings_never_self():
-    reward = torch.tensor([1, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.float)  # groups of 4
-    ro = Rollouts(torch.zeros(12, dtype=torch.long), torch.zeros(12, 4, dtype=torch.long),
-                  torch.ones(12, 4, dtype=torch.bool), reward)
-    demo, only, skipped = choose_demonstrations(ro, 4, np.random.default_rng(0))
-    assert (only, skipped) == (1, 1)
-    for i, j in enumerate(demo):
-        if j >= 0:
-            assert j != i and reward[j] == 1 and j // 4 == i // 4
-    assert demo[5] == -1 and all(demo[8:] == -1)  # lone success masked; group without success skipped
-    assert all(demo[:4] >= 0) and demo[4] >= 0 and demo[6] >= 0
-
-
-# ----------------------------------------------------------------------------- resume
-def test_resume_after_kill_gives_identical_parameters(tmp_path):
-    cfg = get_config("tiny").replace(pretrain_steps=8, post_steps=6, ckpt_every=3)
-    kw = dict(method="both", seed=3, device="cpu", progress=False, figures=False)
-    full = run_train(cfg, out=str(tmp_path / "full"), **kw)
-    out = str(tmp_path / "killed")
-    for stop in (5, 9, 8):  # kills inside pretraining, inside RL, inside SDSD (steps since a checkpoint are lost)
-        with pytest.raises(StageInterrupted):
-            run_train(cfg, out=out, stop_after=stop, **kw)
-    resumed = run_train(cfg, out=out, **kw)
-    for stage in ("pretrain", "rl", "sdsd"):
-        a = torch.load(tmp_path / "full" / f"ckpt_{stage}.pt", weights_only=False)
-        b = torch.load(tmp_path / "killed" / f"ckpt_{stage}.pt", weights_only=False)
-        for k in a["model"]:
-            assert torch.equal(a["model"][k], b["model"][k]), (stage, k)
-        assert a["state"]["history"] == b["state"]["history"]
-    assert full["mean"]["sdsd"]["success"] == resumed["mean"]["sdsd"]["success"]
-    with pytest.raises(ValueError, match="another config or seed"):
-        run_train(cfg.replace(beta=0.5), out=out, **kw)
-
-
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -179,15 +103,88 @@ def test_tiny_summary_is_complete(tiny_run):
     assert all({"masked_only_success", "skipped_prompts"} <= set(r) for r in h)
 
 
-def test_bad_input_is_a_one_line_value_error(tmp_path):
+def test_tiny_each_method_is_closer_to_its_own_closed_form(tiny_run):
+    """The comparison the tiny run shows a newcomer is meaningful: on every prompt, RL is closer to
+    π0·exp(r/β) and SDSD to its on-policy fixed point than to the other method's prediction and the base."""
+    s, _ = tiny_run
+    for key, v in s["theory_check"].items():
+        assert v["n_closer_to_own"] == v["n_prompts"] == 4, (key, v["not_closer"])
+
+
+def test_summary_predictions_use_the_config_beta(tiny_run):
+    s, _ = tiny_run
+    beta = s["config"]["beta"]
+    assert beta != 1
+    for p in s["prompts"]:
+        lp0, r = np.array(p["log_probs"]["base"]), np.array(p["reward"])
+        q = np.exp(lp0 + r / beta)
+        np.testing.assert_allclose(np.exp(p["log_probs"]["pred_rl"]), q / q.sum(), atol=1e-12)
+
+
+def test_tiny_records_threads_and_checkpoint_use(tiny_run):
+    s, _ = tiny_run
+    assert s["threads"] == s["cpu_threads"] == 1 == s["config"]["threads"]
+    assert {k: v["checkpoint"] for k, v in s["stages"].items()} == {"pretrain": "trained", "rl": "trained",
+                                                                    "sdsd": "trained"}
+
+
+def test_rerun_reuses_checkpoints_says_so_and_keeps_the_other_method(tiny_run, tmp_path, capsys):
+    s, out = tiny_run
+    from pcmi.cli import main
+    assert main(["train", "--out", str(out), "--method", "rl", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert f"reusing checkpoints in {out} (config, seed match)" in text
+    assert "keeping sdsd from an earlier run" in text and f"results in {out}" in text
+    assert "theory check rl->rl" in text and "theory check sdsd->sdsd_onpolicy" in text
+    again = json.loads((out / "summary.json").read_text())
+    assert again["methods"] == ["rl", "sdsd"] and again["method"] == "rl"
+    assert again["mean"]["sdsd"]["success"] == s["mean"]["sdsd"]["success"]
+    assert again["stages"]["rl"]["checkpoint"] == "reused" and again["stages"]["sdsd"]["checkpoint"] == "earlier run"
+    assert not [f for f in out.iterdir() if "tmp" in f.name]
+
+
+@pytest.mark.parametrize("field,value", [("beta", float("nan")), ("beta", float("inf")), ("prompts_per_step", 0),
+                                         ("ckpt_every", 0), ("ema_rate", 5), ("p_wrong", 1.0), ("p_wrong", -0.1),
+                                         ("group_size", 1), ("threads", 0), ("teacher", "live!"), ("ks", ()),
+                                         ("alpha", 2.0), ("post_lr", 0.0), ("n_layer", 1.5), ("scale_adv_by_std", 1),
+                                         ("ckpt_minutes", float("nan")), ("depth", True)])
+def test_config_field_out_of_domain_is_refused_at_construction(field, value):
+    with pytest.raises(PcmiInputError) as e:
+        TrainConfig(**{field: value})
+    assert f"TrainConfig.{field}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_presets_are_valid_configs():
+    for cfg in PRESETS.values():
+        assert cfg.replace() == cfg  # re-validates
+
+
+def test_bad_input_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown config"):
         run_train("huge", out=str(tmp_path))
     with pytest.raises(ValueError, match="unknown method"):
         run_train("tiny", method="ppo", out=str(tmp_path))
-    with pytest.raises(ValueError, match="alpha"):
-        run_train(get_config("tiny").replace(alpha=2.0), out=str(tmp_path))
+    (tmp_path / "d" / "summary.json").mkdir(parents=True)
+    with pytest.raises(PcmiInputError, match="directory"):
+        run_train("tiny", out=str(tmp_path / "d"))
     from pcmi.cli import main
     assert main(["train", "--config", "huge", "--out", str(tmp_path)]) == 2
+    assert main(["train", "--threads", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "threads" in err[1]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "ckpt_pretrain.pt").write_bytes(b"")
+    assert main(["train", "--out", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt_pretrain.pt" in err[0]
+
+
+def test_report_without_arguments_is_a_usage_line(capsys):
+    from pcmi.training.report import main
+    assert main([]) == 2
+    assert capsys.readouterr().err.strip().startswith("usage:")
+    assert main(["/nonexistent/summary.json"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.gpu
@@ -196,3 +193,11 @@ def test_tiny_trains_on_cuda(tmp_path):
     cfg = get_config("tiny").replace(pretrain_steps=20, post_steps=5)
     s = run_train(cfg, method="both", out=str(tmp_path), seed=0, device="cuda", progress=False, figures=False)
     assert s["device"].startswith("cuda")
+
+
+def test_pretraining_loss_mask_covers_exactly_the_completion(world):
+    from pcmi.training.data import pretraining_batch
+    x, y, mask = pretraining_batch(world, 32, 0.5, 0.3, np.random.default_rng(0))
+    specials = {world.ids(n) for n in ("BOS", "SEP", "DEMO")}
+    assert (mask.sum(1) == world.max_len + 1).all()          # L moves + STOP per sequence
+    assert not any(int(t) in specials for t in y[mask])     # never a prompt or demonstration token

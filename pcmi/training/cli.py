@@ -1,21 +1,42 @@
 """The `pcmi train` subcommand: its arguments (no torch import) and its entry point."""
 from __future__ import annotations
 
+import os
+import sys
+
 
 def add_train_arguments(t) -> None:
     """Arguments of `pcmi train` on an argparse (sub)parser."""
     t.add_argument("--config", default="tiny", help="tiny | small | gpu")
-    t.add_argument("--method", default="both", choices=["rl", "sdsd", "both"])
+    t.add_argument("--method", default="both", choices=["rl", "sdsd", "both"],
+                   help="into a folder holding the other method's finished checkpoint, its results are kept")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the config's, 1; results depend on it)")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout, flush=True)
 
 
 def train_command(args) -> int:
-    """Run `pcmi train` from parsed arguments; bad input raises ValueError (exit 2 in pcmi.cli)."""
+    """Run `pcmi train` from parsed arguments; bad input raises PcmiInputError (exit 2 in pcmi.cli).
+    Ends with where the results are and a short table of them."""
     try:
-        from .run import run_train
+        from .run import results_table, run_train
     except ImportError as exc:
-        raise ValueError(f"pcmi train needs torch ({exc}); install it: pip install torch==2.13.0") from None
-    run_train(config=args.config, method=args.method, out=args.out, seed=args.seed, device=args.device)
+        from ..errors import PcmiInputError
+        raise PcmiInputError(f"pcmi train needs torch ({exc}); install it: pip install torch==2.13.0") from None
+    from .config import get_config
+    cfg = get_config(args.config)
+    if args.threads is not None:
+        cfg = cfg.replace(threads=args.threads)
+    summary = run_train(config=cfg if args.threads is not None else args.config, method=args.method,
+                        out=args.out, seed=args.seed, device=args.device, log=_log)
+    print(f"results in {os.path.abspath(args.out)}: summary.json, training_curves.png, pass_at_k.png, "
+          f"theory_vs_training.png (config {args.config}, seed {args.seed}, {summary['device']}, "
+          f"{summary['threads']} thread(s))")
+    print(results_table(summary))
     return 0

@@ -1,7 +1,55 @@
-"""Training configuration: one plain dataclass, one docstring line per field (cleanrl style)."""
+"""Training configuration: one plain dataclass, one docstring line per field (cleanrl style).
+
+Every field is validated when a TrainConfig is built (`__post_init__`): a bad value is a
+PcmiInputError (a ValueError) whose one-line message names the field, before any training starts.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields, replace
+
+from pcmi.errors import PcmiInputError
+
+
+_INT_MIN = {"k_routes": 1, "depth": 1, "branching": 1, "n_sources": 1, "n_targets": 1, "graph_seed": 0,
+            "n_layer": 1, "n_head": 1, "n_embd": 1, "pretrain_steps": 1, "pretrain_batch": 1,
+            "post_steps": 1, "prompts_per_step": 1, "group_size": 2, "ckpt_every": 1, "log_every": 1,
+            "threads": 1}
+_FLOAT_RANGE = {  # name: (low, high, low_closed, high_closed)
+    "pref_scale": (0.0, math.inf, True, False), "p_demo": (0.0, 1.0, True, True),
+    "p_wrong": (0.0, 1.0, True, False), "pretrain_lr": (0.0, math.inf, False, False),
+    "post_lr": (0.0, math.inf, False, False), "grad_clip": (0.0, math.inf, False, False),
+    "beta": (0.0, math.inf, False, False), "alpha": (0.0, 1.0, True, True),
+    "ema_rate": (0.0, 1.0, True, True), "ckpt_minutes": (0.0, math.inf, False, False)}
+_WHY = {"group_size": " (SDSD needs a sibling as demonstration)"}
+
+
+def _check_field(name: str, v) -> None:
+    """One field of TrainConfig; PcmiInputError naming it when the value is out of its domain."""
+    if name in _INT_MIN:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < _INT_MIN[name]:
+            raise PcmiInputError(f"TrainConfig.{name} must be an integer >= {_INT_MIN[name]}{_WHY.get(name, '')}, "
+                                 f"got {v!r}")
+    elif name in _FLOAT_RANGE:
+        lo, hi, lo_c, hi_c = _FLOAT_RANGE[name]
+        ok = (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+              and (v >= lo if lo_c else v > lo) and (v <= hi if hi_c else v < hi))
+        if not ok:
+            dom = f"{'[' if lo_c else '('}{lo:g}, {hi:g}{']' if hi_c else ')'}".replace("inf)", "∞)")
+            raise PcmiInputError(f"TrainConfig.{name} must be a finite number in {dom}, got {v!r}")
+    elif name == "scale_adv_by_std":
+        if not isinstance(v, bool):
+            raise PcmiInputError(f"TrainConfig.scale_adv_by_std must be True or False, got {v!r}")
+    elif name == "teacher":
+        if v not in ("live", "ema", "frozen"):
+            raise PcmiInputError(f"TrainConfig.teacher must be live, ema or frozen, got {v!r}")
+    elif name == "ks":
+        if (not isinstance(v, tuple) or not v
+                or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in v)):
+            raise PcmiInputError(f"TrainConfig.ks must be a non-empty tuple of positive integers, got {v!r}")
+    else:  # a new field must get a rule here
+        raise PcmiInputError(f"TrainConfig.{name} has no validation rule")
 
 
 @dataclass(frozen=True)
@@ -26,7 +74,7 @@ class TrainConfig:
     pretrain_batch: int = 64      # sequences per pretraining step
     pretrain_lr: float = 3e-3     # AdamW learning rate for pretraining
     # post-training (shared by RL and SDSD)
-    post_steps: int = 40          # optimizer steps of post-training
+    post_steps: int = 80          # optimizer steps of post-training (tiny: 80 lets RL reach its closed form)
     prompts_per_step: int = 4     # prompts per step
     group_size: int = 8           # rollouts per prompt (the group)
     post_lr: float = 1e-3         # Adam learning rate for post-training
@@ -41,7 +89,15 @@ class TrainConfig:
     # evaluation / bookkeeping
     ks: tuple = (1, 8, 64)        # pass@k and distinct-correct@k
     ckpt_every: int = 20          # checkpoint every this many steps (and at the end of a stage)
+    ckpt_minutes: float = 5.0     # ... and whenever this many minutes passed since the last checkpoint
     log_every: int = 1            # history entry every this many steps
+    threads: int = 1              # torch CPU threads (results depend on it: 1 reproduces the committed ones)
+
+    def __post_init__(self):
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name))
+        if self.n_embd % self.n_head:
+            raise PcmiInputError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,21 +121,9 @@ PRESETS = {
 
 
 def get_config(config) -> TrainConfig:
-    """A preset name or a TrainConfig; raises ValueError with one line otherwise."""
+    """A preset name or a TrainConfig (validated when built); PcmiInputError with one line otherwise."""
     if isinstance(config, TrainConfig):
-        cfg = config
-    elif isinstance(config, str) and config in PRESETS:
-        cfg = PRESETS[config]
-    else:
-        raise ValueError(f"unknown config {config!r}; expected one of {', '.join(PRESETS)}")
-    if cfg.n_embd % cfg.n_head:
-        raise ValueError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
-    if cfg.teacher not in ("live", "ema", "frozen"):
-        raise ValueError(f"teacher must be live, ema or frozen, got {cfg.teacher!r}")
-    if not 0 <= cfg.alpha <= 1:
-        raise ValueError(f"alpha must lie in [0, 1], got {cfg.alpha}")
-    if cfg.beta <= 0:
-        raise ValueError(f"beta must be > 0, got {cfg.beta}")
-    if cfg.group_size < 2:
-        raise ValueError("group_size must be >= 2 (SDSD needs a sibling as demonstration)")
-    return cfg
+        return config
+    if isinstance(config, str) and config in PRESETS:
+        return PRESETS[config]
+    raise PcmiInputError(f"unknown config {config!r}; expected one of {', '.join(PRESETS)}")

@@ -16,9 +16,9 @@ def _plt():
 
 
 def _save(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    """PNG written through pcmi.atomic (temporary file, os.replace)."""
+    from pcmi.atomic import atomic_write
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def write_figures(summary: dict, out: str) -> list[str]:

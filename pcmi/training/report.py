@@ -12,7 +12,11 @@ DISTANCES = ("sdsd_sequence", "sdsd_token", "sdsd_onpolicy", "rl", "base")
 
 
 def load_summaries(paths) -> list[dict]:
-    return [json.load(open(p)) for p in paths]
+    out = []
+    for p in paths:
+        with open(p) as f:
+            out.append(json.load(f))
+    return out
 
 
 def _pm(v) -> str:
@@ -61,10 +65,34 @@ def theory_check_table(summaries: list[dict]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def report(paths) -> str:
+    """All tables for the summaries at `paths`."""
+    ss = load_summaries(paths)
+    parts = [f(ss) for f in (policy_table, distance_table, timing_table, theory_check_table)]
+    parts.append(distance_table(ss, "kl"))
+    fit = {k: _pm([s["mean"]["teacher_fit"][k] for s in ss]) for k in ss[0]["mean"]["teacher_fit"]}
+    return "\n\n".join(parts) + f"\n\nteacher fit: {fit}"
+
+
+USAGE = "usage: python -m pcmi.training.report DIR/summary.json [DIR2/summary.json ...]"
+
+
+def main(argv=None) -> int:
+    """Print the tables; no argument or an unreadable summary: one line on stderr, exit status 2."""
     import sys
-    ss = load_summaries(sys.argv[1:])
-    for f in (policy_table, distance_table, timing_table, theory_check_table):
-        print(f(ss), end="\n\n")
-    print(distance_table(ss, "kl"))
-    print("teacher fit:", {k: _pm([s["mean"]["teacher_fit"][k] for s in ss]) for k in ss[0]["mean"]["teacher_fit"]})
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + ("" if argv else " (no summary given)"), file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    try:
+        print(report(argv))
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"pcmi.training.report: error: {type(exc).__name__}: {msg} (expected summary.json files of pcmi train)",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

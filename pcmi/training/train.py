@@ -1,8 +1,10 @@
 """Training loops, readable top to bottom: pretraining, then RL or SDSD from the same checkpoint.
 
-Every stage checkpoints atomically (tmp file + os.replace) with the model, optimizer, step,
-history and RNG states (torch generator, numpy generator), so a killed run resumes to the same
-parameters as an uninterrupted one.
+Every stage checkpoints atomically (pcmi.atomic) with the model, optimizer, step, history and RNG
+states (torch generator state as a uint8 tensor, numpy generator state as a dict of ints), every
+`ckpt_every` steps and every `ckpt_minutes` minutes, so a killed run resumes to the same parameters
+as an uninterrupted one. Checkpoints hold only tensors, dicts, lists, numbers and strings and are
+loaded with torch.load(weights_only=True): loading never executes pickled code.
 
 RL (GRPO-style, Dr. GRPO advantages by default):
     R_i = r_i − β·(log π(y_i) − log π_ref(y_i))          (k1 KL leash in the reward, detached)
@@ -24,6 +26,9 @@ import time
 import numpy as np
 import torch
 
+from pcmi.atomic import atomic_write
+from pcmi.errors import PcmiInputError
+
 from .losses import per_token_divergence, sequence_mean_then_batch_mean
 from .model import GPT
 from .rollouts import completion_logits, completion_path, move_table, prompt_ids, sample_rollouts, sequence_logprob
@@ -37,15 +42,31 @@ def new_model(cfg, world) -> GPT:
     return GPT(len(world.vocab), world.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd)
 
 
-def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file in the same directory, then os.replace (atomic on POSIX)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+CKPT_KEYS = ("model", "opt", "torch_rng", "np_rng", "state", "run", "ema")
 
 
-def load_checkpoint(path: str, device):
-    return torch.load(path, map_location=device, weights_only=False)
+def save_checkpoint(obj: dict, path: str) -> None:
+    """torch.save through pcmi.atomic (temporary file, os.replace; a directory target is refused)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str, device) -> dict:
+    """A checkpoint written by save_checkpoint, loaded with weights_only=True (no pickled code runs).
+    A truncated, empty, corrupt or foreign file is a one-line PcmiInputError naming it."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # EOFError, RuntimeError (zip), UnpicklingError (weights_only) ...
+        why = " ".join(str(exc).split()).split(". ")[0][:100] or type(exc).__name__
+        raise PcmiInputError(f"checkpoint {path} is unreadable (truncated, empty or not a pcmi checkpoint: "
+                             f"{why}); delete it to recompute that stage") from None
+    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
+        raise PcmiInputError(f"checkpoint {path} is not a pcmi training checkpoint (missing fields); "
+                             "delete it to recompute that stage")
+    return ck
+
+
+def checkpoint_matches(ck: dict, cfg, seed: int) -> bool:
+    return ck.get("run") == _run_key(cfg, seed)
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -53,9 +74,9 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, *,
-              ref_model=None, stop_after: int | None = None, progress: bool = True) -> dict:
+              ref_model=None, stop_after: int | None = None, progress: bool = True, log=None) -> dict:
     """Train `model` in place for the stage ("pretrain", "rl" or "sdsd"); resumes from ckpt_path.
-    Returns {"history": [...], "wall_s": float, "tokens": int}."""
+    Returns the stage state {"step", "history", "wall_s", "tokens", "done", "resumed_from", ...}."""
     n_steps = cfg.pretrain_steps if stage == "pretrain" else cfg.post_steps
     if stage == "pretrain":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.01)
@@ -67,50 +88,63 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
     if stage == "sdsd":
         teacher = {"live": model, "ema": copy.deepcopy(model), "frozen": ref_model}[cfg.teacher]
     state = {"step": 0, "history": [], "wall_s": 0.0, "tokens": 0, "done": False}
+    resumed_from = None
     if os.path.exists(ckpt_path):  # resume
         ck = load_checkpoint(ckpt_path, device)
-        if ck.get("run") != _run_key(cfg, seed):
-            raise ValueError(f"{ckpt_path} belongs to a run with another config or seed; "
-                             "use a fresh --out directory")
+        if not checkpoint_matches(ck, cfg, seed):
+            raise PcmiInputError(f"{ckpt_path} belongs to a run with another config or seed; "
+                                 "use a fresh --out directory")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["torch_rng"])
         rng.bit_generator.state = ck["np_rng"]
-        if ck.get("ema") is not None:
+        if ck["ema"] is not None:
             teacher.load_state_dict(ck["ema"])
         state = ck["state"]
+        resumed_from = state["step"]
+        if log is not None:
+            what = "finished" if state["done"] else f"resuming from step {state['step']}/{n_steps}"
+            log(f"reusing checkpoints in {os.path.dirname(ckpt_path) or '.'} (config, seed match): "
+                f"{os.path.basename(ckpt_path)} {what}")
+    state["resumed_from"] = resumed_from
     state["steps_this_call"] = 0
     if state["done"]:
         return state
 
+    def save():
+        save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": gen.get_state(),
+                         "np_rng": rng.bit_generator.state, "state": state, "run": _run_key(cfg, seed),
+                         "ema": teacher.state_dict() if cfg.teacher == "ema" and stage == "sdsd" else None},
+                        ckpt_path)
+
     valid = move_table(world, device)
     bar = _progress(stage, n_steps, state["step"], progress)
     steps_this_call = 0
+    last_save = time.monotonic()
     while state["step"] < n_steps:
         t0 = time.perf_counter()
         model.train()
         if stage == "pretrain":
-            log, tokens = pretrain_step(model, opt, world, cfg, rng, device)
+            log_row, tokens = pretrain_step(model, opt, world, cfg, rng, device)
         elif stage == "rl":
-            log, tokens = rl_step(model, ref_model, opt, world, cfg, rng, gen, valid)
+            log_row, tokens = rl_step(model, ref_model, opt, world, cfg, rng, gen, valid)
         else:
-            log, tokens = sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid)
+            log_row, tokens = sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid)
             if cfg.teacher == "ema":
                 ema_update(teacher, model, cfg.ema_rate)
         state["step"] += 1
         state["tokens"] += tokens
         state["wall_s"] += time.perf_counter() - t0
         if state["step"] % cfg.log_every == 0 or state["step"] == n_steps:
-            state["history"].append({"step": state["step"], **log})
+            state["history"].append({"step": state["step"], **log_row})
         state["done"] = state["step"] == n_steps
-        if state["step"] % cfg.ckpt_every == 0 or state["done"]:
-            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": gen.get_state(),
-                         "np_rng": rng.bit_generator.state, "state": state, "run": _run_key(cfg, seed),
-                         "ema": teacher.state_dict() if cfg.teacher == "ema" and stage == "sdsd" else None},
-                        ckpt_path)
+        if (state["step"] % cfg.ckpt_every == 0 or state["done"]
+                or time.monotonic() - last_save >= 60 * cfg.ckpt_minutes):
+            save()
+            last_save = time.monotonic()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in log.items() if k in ("loss", "success")})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in log_row.items() if k in ("loss", "success")}, refresh=False)
         steps_this_call += 1
         state["steps_this_call"] = steps_this_call
         if stop_after is not None and steps_this_call >= stop_after and not state["done"]:
@@ -123,16 +157,18 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
 def _run_key(cfg, seed: int) -> dict:
     """What a checkpoint must match to be resumed: the config (bookkeeping fields aside) and seed."""
     d = cfg.to_dict()
-    for k in ("ckpt_every", "log_every", "ks"):
+    for k in ("ckpt_every", "ckpt_minutes", "log_every", "ks"):
         d.pop(k)
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
     return {"config": d, "seed": int(seed)}
 
 
 def _progress(stage, total, initial, enabled):
+    """A tqdm bar on stderr redrawn at most once a second, off when stderr is not a terminal."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=stage, leave=False, mininterval=2.0)
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=stage, leave=False, mininterval=1.0, disable=None)
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -144,11 +180,8 @@ def pretrain_step(model, opt, world, cfg, rng, device):
     logits = model(x)                                                       # (B, T, V)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
     loss = (nll * mask).sum() / mask.sum()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return {"loss": loss.item(), "grad_norm": float(gnorm)}, int(x.numel())
+    gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
+    return {"loss": loss.item(), "grad_norm": gnorm}, int(x.numel())
 
 
 def _prompts(world, cfg, rng) -> list:
@@ -157,29 +190,55 @@ def _prompts(world, cfg, rng) -> list:
 
 
 # ----------------------------------------------------------------------------- RL
+def kl_leashed_reward(reward, logp, logp_ref, beta: float):
+    """R_i = r_i − β·(log π(y_i) − log π_ref(y_i)): the reward with the k1 KL leash, detached."""
+    return (reward - beta * (logp - logp_ref)).detach()
+
+
+def group_advantages(R, group_size: int, scale_by_std: bool = False):
+    """A_i = R_i − mean of R over i's group (consecutive blocks of group_size), ÷ the group std if asked."""
+    R = R.view(-1, group_size)
+    adv = R - R.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (R.std(dim=1, keepdim=True) + 1e-6)
+    return adv.reshape(-1)
+
+
+def policy_gradient_loss(adv, logp):
+    """−mean_i A_i · log π(y_i) (A detached): its gradient is the REINFORCE estimator."""
+    return -(adv.detach() * logp).mean()
+
+
+def rl_loss(model, ref_model, world, ro, cfg):
+    """(loss, stats) of one GRPO-style batch of rollouts `ro` (see module docstring)."""
+    ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
+    logp = sequence_logprob(completion_logits(model, ctx, ro.tokens), ro.tokens, ro.mask)       # (N,)
+    with torch.no_grad():
+        logp_ref = sequence_logprob(completion_logits(ref_model, ctx, ro.tokens), ro.tokens, ro.mask)
+    R = kl_leashed_reward(ro.reward, logp.detach(), logp_ref, cfg.beta)
+    adv = group_advantages(R, cfg.group_size, cfg.scale_adv_by_std)
+    kl_seq = logp.detach() - logp_ref                                      # k1 estimate of KL(π‖π_ref)
+    return policy_gradient_loss(adv, logp), {"kl_ref": float(kl_seq.mean()), "ctx_len": ctx.shape[1]}
+
+
+def _optimizer_step(model, opt, loss, grad_clip: float) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(gnorm)
+
+
 def rl_step(model, ref_model, opt, world, cfg, rng, gen, valid):
     """One GRPO-style step with the KL leash in the reward (see module docstring)."""
     model.eval()
     ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
     model.train()
-    ctx = prompt_ids(world, ro.prompt.tolist(), device=valid.device)
-    logp = sequence_logprob(completion_logits(model, ctx, ro.tokens), ro.tokens, ro.mask)  # (N,)
-    with torch.no_grad():
-        logp_ref = sequence_logprob(completion_logits(ref_model, ctx, ro.tokens), ro.tokens, ro.mask)
-        kl_seq = logp.detach() - logp_ref                                   # k1 estimate of KL(π‖π_ref)
-        R = (ro.reward - cfg.beta * kl_seq).view(-1, cfg.group_size)       # (P, G)
-        adv = R - R.mean(dim=1, keepdim=True)
-        if cfg.scale_adv_by_std:
-            adv = adv / (R.std(dim=1, keepdim=True) + 1e-6)
-        adv = adv.view(-1)
-    loss = -(adv * logp).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    tokens = 3 * ro.n * (ctx.shape[1] + ro.tokens.shape[1])                # sample + policy + reference
-    return {"loss": loss.item(), "success": float(ro.reward.mean()), "kl_ref": float(kl_seq.mean()),
-            "grad_norm": float(gnorm)}, tokens
+    loss, st = rl_loss(model, ref_model, world, ro, cfg)
+    gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
+    tokens = 3 * ro.n * (st["ctx_len"] + ro.tokens.shape[1])              # sample + policy + reference
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "kl_ref": st["kl_ref"],
+            "grad_norm": gnorm}, tokens
 
 
 # ----------------------------------------------------------------------------- SDSD
@@ -202,35 +261,46 @@ def choose_demonstrations(ro, group_size: int, rng):
     return demo, only, skipped
 
 
+def teacher_contexts(world, ro, demo_idx):
+    """"DEMO y'_i SEP BOS s t" for each rollout i, y'_i = rollout demo_idx[i]'s path; rows without a
+    demonstration (−1) get a placeholder demonstration (they are masked out of the loss)."""
+    demos = [completion_path(world, ro.prompt[j], ro.tokens[j], ro.mask[j]) if j >= 0
+             else world.laws[int(ro.prompt[i])].paths[0]
+             for i, j in enumerate(demo_idx)]
+    return prompt_ids(world, ro.prompt.tolist(), demos, device=ro.tokens.device)
+
+
+def sdsd_loss(model, teacher, world, ro, demo_idx, alpha: float):
+    """mean_i w_i · mean_t D_α(π(·|h_t), T(·|h_t, y'_i)) over rollout i's tokens, w_i = 1 iff i has a
+    demonstration; the teacher runs without gradient (stop-gradient, also when it is the model)."""
+    has_demo = torch.as_tensor(np.asarray(demo_idx) >= 0, device=ro.tokens.device)
+    student_ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
+    teacher_ctx = teacher_contexts(world, ro, demo_idx)
+    with torch.no_grad():
+        t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)
+    s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)
+    per_tok = per_token_divergence(s_logits, t_logits.detach(), alpha)     # (N, L+1)
+    loss = sequence_mean_then_batch_mean(per_tok, ro.mask, has_demo.float())
+    return loss, {"demo_fraction": float(has_demo.float().mean()),
+                  "ctx_len": student_ctx.shape[1] + teacher_ctx.shape[1]}
+
+
 def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid):
     """One self-distillation step (see module docstring)."""
     model.eval()
     ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
     model.train()
     demo_idx, n_only, n_skipped = choose_demonstrations(ro, cfg.group_size, rng)
-    has_demo = torch.as_tensor(demo_idx >= 0, device=valid.device)
-    demos = [completion_path(world, ro.prompt[j], ro.tokens[j], ro.mask[j]) if j >= 0
-             else world.laws[int(ro.prompt[i])].paths[0]          # placeholder, row masked out
-             for i, j in enumerate(demo_idx)]
-    student_ctx = prompt_ids(world, ro.prompt.tolist(), device=valid.device)
-    teacher_ctx = prompt_ids(world, ro.prompt.tolist(), demos, device=valid.device)
-    with torch.no_grad():
-        t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)
-    s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)
-    per_tok = per_token_divergence(s_logits, t_logits.detach(), cfg.alpha)  # (N, L+1)
-    loss = sequence_mean_then_batch_mean(per_tok, ro.mask, has_demo.float())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + teacher_ctx.shape[1] + student_ctx.shape[1])
-    return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": float(gnorm),
+    loss, st = sdsd_loss(model, teacher, world, ro, demo_idx, cfg.alpha)
+    gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
+    tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
             "masked_only_success": n_only, "skipped_prompts": n_skipped,
-            "demo_fraction": float(has_demo.float().mean())}, tokens
+            "demo_fraction": st["demo_fraction"]}, tokens
 
 
 @torch.no_grad()
 def ema_update(teacher, model, rate: float) -> None:
-    """θ_T ← (1 − rate)·θ_T + rate·θ."""
+    """θ_T ← (1 − rate)·θ_T + rate·θ  (rate = the weight of the student, theory.md §9)."""
     for pt, p in zip(teacher.parameters(), model.parameters()):
         pt.mul_(1 - rate).add_(p, alpha=rate)
