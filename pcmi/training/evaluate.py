@@ -11,7 +11,7 @@ import torch
 from scipy.special import logsumexp
 
 import pcmi
-from graphworld import FAIL, STOP, concept_edges, dominant_route, enumerate_rollouts
+from graphworld import FAIL, STOP, fail_token, route_of, concept_edges, dominant_route, enumerate_rollouts
 from pcmi.teachers import KernelTeacher, LatentStrategyTeacher
 
 from .rollouts import prompt_ids
@@ -70,8 +70,8 @@ def model_teacher(model, world, prompt: int, base, device="cpu") -> KernelTeache
 def data_law_on(world, prompt: int, rollouts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log π_data(y), log w_z, log P_z(y)) over the enumerated rollouts. Strategies: the routes
     (weight (1 − p_wrong)·w_z) and "wrong target" (weight p_wrong), whose paths s → … → t' fall
-    in the FAIL leaf of their last correct-looking prefix."""
-    law = world.laws[prompt]
+    in the pooled failure leaf of their last correct-looking prefix with their route label."""
+    law, g = world.laws[prompt], rollouts.task.graph
     where = {p: i for i, p in enumerate(rollouts.paths)}
     log_keep = np.log1p(-world.p_wrong)
     routes = np.unique(law.route)
@@ -80,7 +80,7 @@ def data_law_on(world, prompt: int, rollouts) -> tuple[np.ndarray, np.ndarray, n
         log_P[np.searchsorted(routes, z), where[tuple(p)]] = log_keep + lp
     if world.p_wrong > 0:
         for p, lp in zip(law.wrong_paths, law.wrong_log_prob):
-            j = where[tuple(p[:-1]) + (FAIL,)]
+            j = where[tuple(p[:-1]) + (fail_token(route_of(g, p), route_of(g, p[:-1])),)]
             log_P[-1, j] = np.logaddexp(log_P[-1, j], np.log(world.p_wrong) + lp)
     log_data = logsumexp(log_P, axis=0)
     log_w = logsumexp(log_P, axis=1)
