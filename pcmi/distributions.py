@@ -61,8 +61,16 @@ def check_log_probs(logp, name: str = "distribution", *, axis: int = -1) -> np.n
     return logp - z
 
 
+def prob_of(log_p):
+    """p = exp(log p) clipped to [0, 1]: a probability leaving log space (exp of a logsumexp
+    can round to 1 + 1e-16). A float for a scalar, an array otherwise."""
+    p = np.clip(np.exp(np.asarray(log_p, dtype=float)), 0.0, 1.0)
+    return float(p) if p.ndim == 0 else p
+
+
 def probs(logp) -> np.ndarray:
-    return np.exp(np.asarray(logp, dtype=float))
+    """exp(log p) elementwise, clipped to [0, 1]."""
+    return np.clip(np.exp(np.asarray(logp, dtype=float)), 0.0, 1.0)
 
 
 def entropy(logp) -> float:

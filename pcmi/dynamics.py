@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .distributions import probs
 from .errors import PcmiInputError
 from .instance import Instance, demos_from_successes
 from .metrics import correct_entropy, strategy_mass_entropy, strategy_masses, success
@@ -17,46 +18,63 @@ class Round:
     k: int
     log_pi: np.ndarray
     success: float
-    correct_entropy: float
+    correct_entropy: float | None       # None when π_k puts no mass on a correct rollout
     strategy_masses: dict | None
     strategy_mass_entropy: float | None
 
 
+def _has_success(log_pi, reward) -> bool:
+    """π puts mass (in log space: even below the smallest double) on some correct rollout."""
+    return bool(np.isfinite(np.max(np.where(np.asarray(reward) == 1, log_pi, -np.inf))))
+
+
 def _record(k, log_pi, inst) -> Round:
     r = inst.reward
-    masses = ent = None
-    if inst.route is not None:
-        masses = strategy_masses(log_pi, r, inst.route)
-        ent = strategy_mass_entropy(log_pi, r, inst.route)
-    return Round(k, log_pi, success(log_pi, r), correct_entropy(log_pi, r), masses, ent)
+    masses = ent = h = None
+    if _has_success(log_pi, r):
+        h = correct_entropy(log_pi, r)
+        if inst.route is not None:
+            masses = strategy_masses(log_pi, r, inst.route)
+            ent = strategy_mass_entropy(log_pi, r, inst.route)
+    return Round(k, log_pi, success(log_pi, r), h, masses, ent)
 
 
-def on_policy_instance(inst: Instance, log_pi) -> Instance:
+def on_policy_instance(inst: Instance, log_pi, k: int | None = None) -> Instance:
     """Round k+1's instance: base π_k, D = π_k(· | r = 1), teacher rebuilt from π_k."""
     if not hasattr(inst.teacher, "rebuilt"):
         raise PcmiInputError(f"{type(inst.teacher).__name__} cannot be rebuilt from a new policy; "
                              "on-policy rounds need a latent-strategy or copy teacher")
-    return Instance(log_pi, inst.reward, inst.teacher.rebuilt(log_pi), demos_from_successes(log_pi, inst.reward),
+    at = "" if k is None else f"round {k}: "
+    if not _has_success(log_pi, inst.reward):
+        raise PcmiInputError(f"{at}the policy has no correct rollout with positive probability, so the next "
+                             "round's demonstrations π_k(· | r = 1) are undefined")
+    teacher = inst.teacher.rebuilt(log_pi)
+    tb = getattr(teacher, "log_base", None)
+    if tb is not None and np.max(np.abs(probs(tb) - probs(log_pi))) > 1e-6:
+        raise PcmiInputError(f"{at}the rebuilt teacher's base Σ_z m_z P_z differs from π_k: on-policy rounds "
+                             "rebuild exactly only route-copying (disjoint) latent teachers and copy teachers")
+    return Instance(log_pi, inst.reward, teacher, demos_from_successes(log_pi, inst.reward),
                     route=inst.route, tree=inst.tree, name=inst.name)
 
 
-def sdsd_rounds(inst: Instance, n_rounds: int, beta: float = 1.0) -> list[Round]:
-    """Rounds of the (tempered) SDSD optimum, each against the previous round's teacher."""
+def _rounds(inst: Instance, n_rounds: int, optimum) -> list[Round]:
     rounds, cur = [_record(0, inst.log_base, inst)], inst
     for k in range(1, n_rounds + 1):
-        log_pi = sdsd_optimum(cur, beta)
-        rounds.append(_record(k, log_pi, inst))
-        cur = on_policy_instance(cur, log_pi)
+        if k > 1:
+            cur = on_policy_instance(cur, rounds[-1].log_pi, k - 1)
+        rounds.append(_record(k, optimum(cur), inst))
     return rounds
+
+
+def sdsd_rounds(inst: Instance, n_rounds: int, beta: float | None = None) -> list[Round]:
+    """Rounds of the SDSD optimum (beta=None) or of its tempered family (a number beta), each
+    against the previous round's teacher."""
+    return _rounds(inst, n_rounds, lambda cur: sdsd_optimum(cur, beta))
 
 
 def forward_kl_rounds(inst: Instance, n_rounds: int) -> list[Round]:
-    rounds, cur = [_record(0, inst.log_base, inst)], inst
-    for k in range(1, n_rounds + 1):
-        log_pi = forward_kl_optimum(cur)
-        rounds.append(_record(k, log_pi, inst))
-        cur = on_policy_instance(cur, log_pi)
-    return rounds
+    """Rounds of the forward-KL optimum π_{k+1} = E_{D_k} T_k(· | y')."""
+    return _rounds(inst, n_rounds, forward_kl_optimum)
 
 
 def rl_rounds(inst: Instance, n_rounds: int, beta: float) -> list[Round]:

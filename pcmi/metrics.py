@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from .distributions import condition, entropy
+from .distributions import condition, entropy, prob_of
 from .errors import PcmiInputError
 
 
 def success(log_pi, reward) -> float:
-    """p = Σ_y π(y) r(y)."""
+    """p = Σ_y π(y) r(y), in [0, 1]."""
     m = np.asarray(reward) == 1
-    return float(np.exp(logsumexp(np.asarray(log_pi)[m]))) if m.any() else 0.0
+    return prob_of(logsumexp(np.asarray(log_pi)[m])) if m.any() else 0.0
 
 
 def _check_k(k) -> np.ndarray:
@@ -49,7 +49,7 @@ def expected_distinct_correct(log_pi, reward, k) -> np.ndarray | float:
     lp = np.asarray(log_pi)[np.asarray(reward) == 1]
     k = _check_k(k)
     with np.errstate(divide="ignore"):
-        vals = -np.expm1(np.multiply.outer(k, np.log1p(-np.exp(lp))))
+        vals = -np.expm1(np.multiply.outer(k, np.log1p(-prob_of(lp))))
     out = vals.sum(axis=-1)
     return float(out) if out.ndim == 0 else out
 
@@ -68,7 +68,7 @@ def strategy_masses(log_pi, reward, route) -> dict:
     """π(route z | r = 1) for each route z among the correct rollouts."""
     lc = condition(log_pi, np.asarray(reward) == 1)
     route = np.asarray(route)
-    return {int(z): float(np.exp(logsumexp(lc[route == z]))) for z in np.unique(route[np.asarray(reward) == 1])}
+    return {int(z): prob_of(logsumexp(lc[route == z])) for z in np.unique(route[np.asarray(reward) == 1])}
 
 
 def strategy_mass_entropy(log_pi, reward, route) -> float:
@@ -90,7 +90,7 @@ def ratio_distortion(log_pi, log_base, reward) -> float:
 def ood_success(log_pi, reward, blocked) -> float:
     """Mass on correct rollouts that avoid the blocked edges (blocked: mask of rollouts using them)."""
     m = (np.asarray(reward) == 1) & ~np.asarray(blocked, bool)
-    return float(np.exp(logsumexp(np.asarray(log_pi)[m]))) if m.any() else 0.0
+    return prob_of(logsumexp(np.asarray(log_pi)[m])) if m.any() else 0.0
 
 
 def ood_pass_at_k(log_pi, reward, blocked, k):

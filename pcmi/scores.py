@@ -7,8 +7,12 @@ from .teachers import expected_log_teacher, leaf_rows
 
 
 def pcmi_matrix(inst) -> np.ndarray:
-    """PCMI[j, y] = log T(y | y'_j) − log π0(y): the full |Y|×|Y| matrix (small instances)."""
-    return leaf_rows(inst.teacher, inst.n) - inst.log_base[None, :]
+    """PCMI[j, y] = log T(y | y'_j) − log π0(y): the full |Y|×|Y| matrix (small instances);
+    −inf where π0(y) = 0 (as in `expected_pcmi`: the score only matters on supp π0)."""
+    alive = np.isfinite(inst.log_base)[None, :]
+    with np.errstate(invalid="ignore"):
+        m = leaf_rows(inst.teacher, inst.n) - inst.log_base[None, :]
+    return np.where(alive, m, -np.inf)
 
 
 def expected_log_teacher_leaves(inst, log_D=None) -> np.ndarray:

@@ -16,7 +16,7 @@ from scipy.special import logsumexp
 
 from graphworld.enumeration import PrefixTree
 
-from .distributions import check_log_probs, check_probs, log_normalize, safe_log
+from .distributions import check_log_probs, check_probs, log_normalize, prob_of, safe_log
 from .errors import PcmiInputError
 
 CHUNK = 256
@@ -75,8 +75,7 @@ class LatentStrategyTeacher:
         log_base, labels = np.asarray(log_base, float), np.asarray(labels)
         if labels.shape != log_base.shape:
             raise PcmiInputError(f"got {len(labels)} route labels for {len(log_base)} rollouts")
-        zs = [z for z in np.unique(labels) if np.isfinite(logsumexp(log_base[labels == z]))]
-        resp = np.array([np.where(labels == z, 0.0, -np.inf) for z in zs])
+        resp = np.array([np.where(labels == z, 0.0, -np.inf) for z in np.unique(labels)])  # zero-mass z: dropped below
         return cls.from_responsibilities(log_base, resp, eps)
 
     @classmethod
@@ -91,9 +90,18 @@ class LatentStrategyTeacher:
         return cls(log_w[keep], joint[keep] - log_w[keep, None], eps)
 
     def log_posterior(self, demo_idx) -> np.ndarray:
-        """log q(z | y') = log w_z + log P_z(y') − log π0(y'), shape (B, K)."""
+        """log q(z | y') = log w_z + log P_z(y') − log π0(y'), shape (B, K); a demonstration
+        with π0(y') = 0 tells nothing: q(z | y') = w_z (never NaN)."""
         demo_idx = np.asarray(demo_idx)
-        return (self.log_w[None, :] + self.log_P[:, demo_idx].T) - self.log_base[demo_idx, None]
+        lb = self.log_base[demo_idx, None]
+        with np.errstate(invalid="ignore"):
+            log_q = (self.log_w[None, :] + self.log_P[:, demo_idx].T) - lb
+        return np.where(np.isfinite(lb), log_q, self.log_w[None, :])
+
+    def _check_demos(self, log_D):
+        if np.any(np.isfinite(log_D) & ~np.isfinite(self.log_base)):
+            raise PcmiInputError("demonstrations D put mass on a rollout with zero base probability, "
+                                 "where the latent-strategy teacher T(·|y') is undefined")
 
     def log_rows(self, demo_idx) -> np.ndarray:
         """log T(y | y'_j) for the demonstrations j in demo_idx, shape (B, |Y|)."""
@@ -104,6 +112,7 @@ class LatentStrategyTeacher:
         return _mix(inner, 1 - self.eps, log_base_nodes[None, :], self.eps)
 
     def demo_classes(self, log_D, tree: PrefixTree, chunk: int = CHUNK) -> Iterator[tuple]:
+        self._check_demos(log_D)
         log_P_nodes = tree.prefix_logsumexp(self.log_P)
         log_base_nodes = tree.prefix_logsumexp(self.log_base)
         if self.disjoint:  # route-copying: a demonstration only tells its strategy z
@@ -159,11 +168,15 @@ class CopyTeacher:
         """E_D log T(h|y') = D(h)·log(lam + (1−lam)π0(h)) + (1−D(h))·log((1−lam)π0(h)),
         with D(h) the demonstration mass below h: O(|tree|), no per-demonstration work."""
         base = tree.prefix_logsumexp(self.log_base)
-        d_in = np.exp(tree.prefix_logsumexp(log_D))
-        d_out = np.clip(1.0 - d_in, 0.0, 1.0)
+        d_in = prob_of(tree.prefix_logsumexp(log_D))
+        d_out = 1.0 - d_in
+        demos = np.isfinite(log_D)
+        n_in = np.rint(np.exp(tree.prefix_logsumexp(np.where(demos, 0.0, -np.inf))))  # demonstrations below h
         on = _mix(np.zeros_like(base), self.lam, base, 1 - self.lam)
         off = safe_log(1 - self.lam) + base
-        return _weighted(d_in, on) + _weighted(d_out, off)
+        # which side carries mass is decided exactly (a 1e-300 demonstration outside h still rules h out
+        # when off = −inf, though 1 − D(h) rounds to 0)
+        return _weighted(d_in, on, n_in > 0) + _weighted(d_out, off, n_in < demos.sum())
 
     def rebuilt(self, log_pi) -> "CopyTeacher":
         return CopyTeacher(log_pi, self.lam)
@@ -199,10 +212,13 @@ class KernelTeacher:
             yield log_D[idx], tree.prefix_logsumexp(self.log_T[idx])
 
 
-def _weighted(w: np.ndarray, log_t: np.ndarray) -> np.ndarray:
-    """w·log_t with 0·(−inf) = 0 (a demonstration of weight 0 costs nothing)."""
+def _weighted(w: np.ndarray, log_t: np.ndarray, present=None) -> np.ndarray:
+    """w·log_t with 0·(−inf) = 0 (a demonstration of weight 0 costs nothing); `present` marks the
+    weights that are exactly positive (default w > 0), so that an underflowed weight still gives −inf."""
+    present = w > 0 if present is None else np.asarray(present, bool)
     with np.errstate(invalid="ignore"):
-        return np.where(w > 0, w * log_t, 0.0)
+        val = np.where(np.isneginf(log_t), -np.inf, w * log_t)
+    return np.where(present, val, 0.0)
 
 
 def expected_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
@@ -211,7 +227,7 @@ def expected_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
         return teacher.expected_log(log_D, tree)
     total = np.zeros(tree.n_nodes)
     for log_w, log_t in teacher.demo_classes(log_D, tree):
-        total += _weighted(np.exp(log_w)[:, None], log_t).sum(axis=0)
+        total += _weighted(prob_of(log_w)[:, None], log_t, np.isfinite(log_w)[:, None]).sum(axis=0)
     return total
 
 

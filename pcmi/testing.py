@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 
 from graphworld import EdgePolicy, Task, multi_route_dag
 
@@ -131,3 +131,87 @@ def graph_instances(draw, teacher=None, n_targets=None, extra_len: int = 2):
     import networkx as nx
     task = Task(g, s, t, nx.shortest_path_length(g, s, t) + extra_len)
     return graph_instance(task, draw(edge_policies()), draw(teacher_specs()) if teacher is None else teacher)
+
+
+# --- extremes: exact zeros, 1e-300 masses, eps ∈ {0, 1}, one or all correct, prefix trees ------
+
+LOG_TINY = float(np.log(1e-300))
+extreme_logit = st.one_of(logit, st.just(-np.inf), st.just(LOG_TINY))
+
+
+@st.composite
+def extreme_log_distributions(draw, n: int):
+    """A log-distribution over n outcomes with exact zeros (−inf) and 1e-300 masses allowed."""
+    v = np.array(draw(st.lists(extreme_logit, min_size=n, max_size=n)))
+    if not np.isfinite(v).any():
+        v[draw(st.integers(0, n - 1))] = 0.0
+    return v - logsumexp(v)
+
+
+@st.composite
+def prefix_trees(draw, n: int, max_depth: int = 3):
+    """A prefix tree with n leaves in a random order (flat, chains and deep branches included)."""
+    from graphworld.enumeration import PrefixTree
+    if draw(st.booleans()):
+        return PrefixTree.flat(n)
+    parent, leaf_node = [-1], np.zeros(n, dtype=np.int64)
+
+    def grow(node, leaves, depth):
+        cuts = sorted(set(draw(st.lists(st.integers(1, len(leaves) - 1), max_size=3)))) if len(leaves) > 1 else []
+        for group in np.split(np.asarray(leaves), cuts):
+            parent.append(node)
+            child = len(parent) - 1
+            if len(group) == 1 and (depth >= max_depth or draw(st.booleans())):
+                leaf_node[group[0]] = child
+            elif depth >= max_depth:
+                parent.pop()
+                for y in group:
+                    parent.append(node)
+                    leaf_node[y] = len(parent) - 1
+            else:
+                grow(child, list(group), depth + 1)
+
+    grow(0, draw(st.permutations(range(n))), 1)
+    return PrefixTree(np.array(parent), leaf_node)
+
+
+@st.composite
+def extreme_instances(draw, max_n: int = 6, trees: bool = True, kinds=("latent", "route_copying", "copy", "kernel")):
+    """Any valid instance built from extremes: zero-probability rollouts, 1e-300 masses, eps and lam
+    in {0, 1}, exactly one or all rollouts correct, D = π0(·|r=1), uniform or a single correct
+    rollout, on a flat or random prefix tree."""
+    n = draw(st.integers(2, max_n))
+    kind = draw(st.sampled_from(kinds))
+    route = None
+    if kind == "latent":
+        k = draw(st.integers(1, 3))
+        log_w, log_P = draw(extreme_log_distributions(k)), np.stack([draw(extreme_log_distributions(n)) for _ in range(k)])
+        t = LatentStrategyTeacher(log_w, log_P, draw(eps_closed))
+        log_base = t.log_base
+        route = np.argmax(log_w[:, None] + log_P, axis=0)
+    else:
+        log_base = draw(extreme_log_distributions(n))
+        if kind == "route_copying":
+            route = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+            t = LatentStrategyTeacher.route_copying(log_base, route, draw(eps_closed))
+        elif kind == "copy":
+            t = CopyTeacher(log_base, draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))))
+        else:
+            t = KernelTeacher(np.stack([draw(extreme_log_distributions(n)) for _ in range(n)]))
+    alive = np.flatnonzero(np.isfinite(log_base))
+    mode = draw(st.sampled_from(["all", "one", "some"]))
+    if mode == "all":
+        r = np.ones(n, dtype=np.int64)
+    else:
+        r = np.zeros(n, dtype=np.int64) if mode == "one" else np.array(draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+    r[draw(st.sampled_from(list(alive)))] = 1
+    ok = np.flatnonzero((r == 1) & np.isfinite(log_base))
+    demos = draw(st.sampled_from(["successes", "uniform", "single"]))
+    if demos == "successes":
+        log_D = demos_from_successes(log_base, r)
+    else:
+        pick = ok if demos == "uniform" else [draw(st.sampled_from(list(ok)))]
+        log_D = np.full(n, -np.inf)
+        log_D[pick] = -np.log(len(pick))
+    tree = draw(prefix_trees(n)) if trees else None
+    return Instance(log_base, r, t, log_D, route=route, tree=tree)

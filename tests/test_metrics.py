@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scipy.special import logsumexp
+
 import pcmi
-from pcmi.testing import log_distributions, rewards
+from pcmi.testing import extreme_instances, log_distributions, rewards
 
 
 @given(st.integers(1, 30), st.data())
@@ -68,3 +70,95 @@ def test_strategy_masses_and_ood_success():
 def test_bad_metric_input(call):
     with pytest.raises(pcmi.PcmiInputError):
         call()
+
+
+# --- probabilities out of log space stay in [0, 1] (issue 8, item 1) ---------------------------
+
+def _optima(inst):
+    """Every optimum the toolkit computes, each a log-distribution or the PcmiInputError it raises."""
+    calls = {"base": lambda: inst.log_base,
+             "rl": lambda: pcmi.rl_optimum(inst.log_base, inst.reward, 0.3),
+             "rl_limit": lambda: pcmi.rl_limit(inst.log_base, inst.reward),
+             "sdsd": lambda: pcmi.sdsd_optimum(inst), "sdsd_tempered": lambda: pcmi.sdsd_optimum(inst, 1.0),
+             "sdsd_token": lambda: pcmi.sdsd_token_optimum(inst),
+             "forward_kl": lambda: pcmi.forward_kl_optimum(inst),
+             "forward_kl_token": lambda: pcmi.forward_kl_token_optimum(inst),
+             "contrastive": lambda: pcmi.contrastive_optimum(inst),
+             "js": lambda: pcmi.js_optimum(inst, 0.5).log_pi}
+    out = {}
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except pcmi.PcmiInputError as e:
+            out[name] = e
+    return out
+
+
+def _assert_valid_metrics(m, n_correct):
+    for key, v in m.items():
+        if key == "strategy_masses":
+            vals = np.array(list(v.values()))
+            assert np.all((0 <= vals) & (vals <= 1)) and abs(vals.sum() - 1) < 1e-9, (key, v)
+        elif key in ("success", "ood_success") or key.startswith("pass@"):
+            assert 0 <= v <= 1, (key, v)
+        elif key.startswith("distinct_correct@"):
+            assert 0 <= v <= n_correct + 1e-9, (key, v)
+        elif key == "effective_correct":
+            assert 1 - 1e-9 <= v <= n_correct + 1e-9, (key, v)
+        elif key == "ratio_distortion":  # +inf: π kills a correct rollout that π0 has
+            assert v >= 0 and not np.isnan(v), (key, v)
+        else:
+            assert np.isfinite(v) and v >= -1e-12, (key, v)
+
+
+@given(extreme_instances())
+def test_every_metric_of_every_optimum_is_a_probability_or_finite(inst):
+    blocked = np.arange(inst.n) == int(np.argmax(inst.log_base))
+    for lp in _optima(inst).values():
+        if not isinstance(lp, Exception):
+            _assert_valid_metrics(pcmi.policy_metrics(lp, inst.log_base, inst.reward, inst.route, blocked),
+                                  int(inst.reward.sum()))
+
+
+@given(extreme_instances())
+def test_solve_succeeds_whenever_every_optimum_is_defined(inst):
+    from pcmi.solve import solve
+    opts = _optima(inst)
+    errors = [e for name, e in opts.items() if isinstance(e, Exception) and name != "js"]
+    if errors:
+        with pytest.raises(pcmi.PcmiInputError):
+            solve(inst)
+        return
+    out = solve(inst)
+    for name, m in out["metrics"].items():
+        _assert_valid_metrics(m, int(inst.reward.sum()))
+        assert all(0 <= p <= 1 for p in out[name])
+
+
+def test_solve_on_random_all_correct_explicit_instances():
+    """The issue's reproduction: 40 random all-correct explicit instances (exp(logsumexp) rounds to
+    1 + 2e-16 on several of them, which pass@k used to refuse)."""
+    from pcmi.solve import solve
+    rng = np.random.default_rng(0)
+    above_one = 0
+    for _ in range(40):
+        n = int(rng.integers(2, 6))
+        inst = pcmi.Instance.explicit(rng.dirichlet(np.ones(n)), np.ones(n), rng.dirichlet(np.ones(n), size=n))
+        above_one += np.exp(logsumexp(pcmi.sdsd_optimum(inst))) > 1
+        out = solve(inst)
+        assert all(m["success"] == pytest.approx(1.0, abs=1e-12) and m["success"] <= 1 for m in out["metrics"].values())
+    assert above_one > 0  # the rounding this guards against does occur on this sample
+
+
+def test_rl_limit_success_on_a_large_graph_instance_is_at_most_one():
+    """benchmarks/bench_core.py's instance: exp(logsumexp) of π0(·|r=1) rounds to 1 + 4e-16."""
+    import graphworld as gw
+    g = gw.multi_route_dag(4, 3, 3, seed=0, n_sources=1, n_targets=2)
+    inst, _ = pcmi.graph_instance(gw.Task(g, 0, g.graph["prompts"][0][1], 5), gw.EdgePolicy(stop_pref=-1.0),
+                                  {"kind": "route_copying", "eps": 0.1})
+    lp = pcmi.rl_limit(inst.log_base, inst.reward)
+    assert np.exp(logsumexp(lp[inst.reward == 1])) > 1  # unclipped
+    assert pcmi.success(lp, inst.reward) == 1.0
+    assert pcmi.pass_at_k(pcmi.success(lp, inst.reward), 8) == 1.0
+    assert 0 < pcmi.expected_distinct_correct(lp, inst.reward, 8) <= inst.reward.sum()
+

@@ -8,18 +8,19 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from pcmi import CopyTeacher, KernelTeacher, LatentStrategyTeacher, PcmiInputError
+from pcmi.distributions import safe_log
 from pcmi.scores import pcmi_matrix
 from pcmi.teachers import expected_log_teacher, leaf_rows, mixture_log_teacher, token_mixture_log
-from pcmi.testing import (copy_instances, eps_closed, graph_instances, latent_instances, overlapping_laws,
-                          route_copying_instances)
+from pcmi.testing import (copy_instances, eps_closed, extreme_instances, graph_instances, latent_instances,
+                          overlapping_laws, route_copying_instances)
 
 
 def dense_expectations(inst):
     """Plain route: build the dense matrix log T(y|y'_j), then E_D, mixture at the leaves."""
     rows = leaf_rows(inst.teacher, inst.n)
-    D = np.exp(inst.log_demos)
+    D, present = np.exp(inst.log_demos), np.isfinite(inst.log_demos)[:, None]  # exact even if D underflows
     with np.errstate(invalid="ignore"):
-        e = np.where(D[:, None] > 0, D[:, None] * rows, 0.0).sum(axis=0)
+        e = np.where(present, np.where(np.isneginf(rows), -np.inf, D[:, None] * rows), 0.0).sum(axis=0)
     return e, logsumexp(inst.log_demos[:, None] + rows, axis=0)
 
 
@@ -107,3 +108,43 @@ def test_bad_teacher_input(make, msg):
     with pytest.raises(PcmiInputError) as e:
         make()
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@given(extreme_instances())
+def test_streamed_expectations_equal_dense_on_extremes(inst):
+    """Zero-probability rollouts, 1e-300 demonstrations, eps and lam in {0, 1}, prefix trees: the
+    fast paths keep the exact −inf pattern (a 1e-300 demonstration that rules y out makes
+    E_D log T(y|y') = −inf even though 1 − D(y) rounds to 1)."""
+    e, mix = dense_expectations(inst)
+    leaves = inst.tree.leaf_node
+    _close(expected_log_teacher(inst.teacher, inst.log_demos, inst.tree)[leaves], e, 1e-8)
+    _close(mixture_log_teacher(inst.teacher, inst.log_demos, inst.tree)[leaves], mix, 1e-9)
+    dense = KernelTeacher(leaf_rows(inst.teacher, inst.n))
+    for f in (expected_log_teacher, mixture_log_teacher, token_mixture_log):
+        _close(f(inst.teacher, inst.log_demos, inst.tree), f(dense, inst.log_demos, inst.tree), 1e-8)
+
+
+def test_copy_teacher_keeps_a_tiny_demonstration_that_rules_a_rollout_out():
+    lb = np.log([0.5, 0.5])
+    from graphworld import PrefixTree
+    e = expected_log_teacher(CopyTeacher(lb, 1.0), np.log([1e-300, 1.0]), PrefixTree.flat(2))
+    assert np.isneginf(e[1:]).all()  # each rollout has teacher probability 0 under the other demonstration
+
+
+def test_route_copying_with_a_zero_probability_route():
+    """A route label whose rollouts all have π0 = 0 is no strategy (it used to break the
+    responsibilities); rows stay normalized and rebuilding from a policy works."""
+    lb = np.array([np.log(0.6), np.log(0.4), -np.inf])
+    t = LatentStrategyTeacher.route_copying(lb, [0, 1, 2], 0.1)
+    assert t.n_strategies == 2
+    assert np.allclose(logsumexp(leaf_rows(t, 3), axis=1), 0, atol=1e-12)
+    r = t.rebuilt(np.array([np.log(0.9), np.log(0.1), -np.inf]))
+    assert np.allclose(np.exp(r.log_w), [0.9, 0.1]) and not np.isnan(r.log_base).any()
+
+
+def test_latent_teacher_refuses_demonstrations_off_the_base_support():
+    t = LatentStrategyTeacher(np.log([0.5, 0.5]), safe_log([[1.0, 0, 0], [0, 1.0, 0]]), 0.0)
+    from graphworld import PrefixTree
+    with pytest.raises(PcmiInputError, match="zero base probability"):
+        expected_log_teacher(t, np.log([0.5, 0.25, 0.25]), PrefixTree.flat(3))
+    assert not np.isnan(leaf_rows(t, 3)).any()
