@@ -613,7 +613,7 @@ def check_p8_failures(inst: Instance, *, rl=rl_optimum, sdsd=sdsd_optimum) -> Re
     SDSD's."""
     _require_route(inst, "P8_failures")
     p_sd_ind = independent_sdsd(inst)
-    p0 = float(np.exp(inst.log_base)[inst.reward == 1].sum())
+    p0 = min(float(np.exp(inst.log_base)[inst.reward == 1].sum()), 1.0)
     p_sd = float(p_sd_ind[inst.reward == 1].sum())
     if not p0 < p_sd < 1:
         return None

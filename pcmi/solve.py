@@ -20,6 +20,7 @@ import numpy as np
 from graphworld import EdgePolicy, GraphworldError, Task, concept_edges, dominant_route, graph_from_node_link
 from graphworld.graphs import read_text_file
 
+from .distributions import probs
 from .errors import PcmiInputError
 from .graph_instance import graph_instance
 from .instance import NO_SUCCESS, Instance, has_reachable_success
@@ -125,7 +126,7 @@ def load_instance(data: dict, max_rollouts: int | None = None) -> tuple[Instance
 
 
 def _arr(log_p) -> list:
-    return [float(x) for x in np.exp(log_p)]
+    return [float(x) for x in probs(log_p)]
 
 
 def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:

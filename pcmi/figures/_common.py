@@ -95,8 +95,7 @@ def graph_label(graph: dict) -> str:
     return "multi_route_dag(" + ", ".join(f"{k}={graph[k]}" for k in keys if k in graph) + ")"
 
 
-def probs(log_p) -> np.ndarray:
-    return np.exp(np.asarray(log_p, float))
+from pcmi.distributions import probs  # noqa: E402,F401  (clipped to [0, 1]; re-exported for the figures)
 
 
 def blocked_by_dominant_route(g, rollouts) -> tuple[int, np.ndarray]:

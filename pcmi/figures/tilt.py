@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pcmi.distributions import condition
+from pcmi.distributions import condition, probs
 from pcmi.errors import PcmiInputError
 from pcmi.metrics import ratio_distortion, strategy_masses, success
 from pcmi.policies import rl_beta_for_success, rl_optimum, sdsd_optimum, sdsd_token_optimum
@@ -42,7 +42,7 @@ def compute(graph=GRAPH, policy=POLICY, teacher=TEACHER) -> dict:
     idx = idx[np.argsort(-inst.log_base[idx], kind="stable")]
     cond = {k: condition(v, ok) for k, v in logs.items()}
     rows = [{"rank": i + 1, "path": "-".join(map(str, ro.paths[j])), "route": int(ro.route[j]),
-             **{f"p_{k}": float(np.exp(logs[k][j])) for k in POLICIES},
+             **{f"p_{k}": float(probs(logs[k][j])) for k in POLICIES},
              **{f"log_ratio_{k}": float(cond[k][j] - cond["base"][j]) for k in POLICIES}}
             for i, j in enumerate(idx)]
     summary = {k: {"success": success(v, inst.reward),

@@ -151,7 +151,8 @@ def evaluate_prompt(models: dict, world, prompt: int, beta: float, ks=(1, 8, 64)
         rs = base if name == "base" else enumerate_model(model, world, prompt, device=device)
         _same_tree(base, rs)
         m = pcmi.policy_metrics(rs.log_prob, base.log_prob, base.reward, route=base.route, blocked=blocked, ks=ks)
-        m["total_prob"] = float(np.exp(logsumexp(rs.log_prob)))
+        m["log_total_prob"] = float(logsumexp(rs.log_prob))  # 0 up to rounding: the enumeration is exact
+        m["total_prob"] = float(np.clip(np.exp(m["log_total_prob"]), 0.0, 1.0))
         m["distances"] = distances(rs.log_prob, preds)
         out["policies"][name] = m
         out["log_probs"][name] = rs.log_prob.tolist()
