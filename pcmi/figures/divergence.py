@@ -26,6 +26,12 @@ TEACHERS = {"route_copying": {"kind": "route_copying", "eps": 0.1},
 ALPHAS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
+def _bound(residual: float) -> float:
+    """The KKT residual as the power of ten above it (at least 1e-15): its last digits are
+    rounding noise that would differ between BLAS builds and make the data file churn."""
+    return float(10.0 ** np.ceil(np.log10(max(float(residual), 1e-15))))
+
+
 def objective_optima(inst, alphas=ALPHAS) -> list[dict]:
     """[{objective, alpha, log_pi, kkt_residual}] for every objective on one instance."""
     out = [{"objective": "base", "log_pi": inst.log_base},
@@ -33,7 +39,7 @@ def objective_optima(inst, alphas=ALPHAS) -> list[dict]:
            {"objective": "forward KL", "alpha": 0.0, "log_pi": forward_kl_optimum(inst)}]
     for a in alphas:
         r = js_optimum(inst, a)
-        out.append({"objective": f"JS α={a:g}", "alpha": a, "log_pi": r.log_pi, "kkt_residual": r.kkt_residual})
+        out.append({"objective": f"JS α={a:g}", "alpha": a, "log_pi": r.log_pi, "kkt_residual": _bound(r.kkt_residual)})
     out += [{"objective": "contrastive", "log_pi": contrastive_optimum(inst)},
             {"objective": "reverse KL, token level", "log_pi": sdsd_token_optimum(inst)},
             {"objective": "forward KL, token level", "log_pi": forward_kl_token_optimum(inst)},
