@@ -15,7 +15,7 @@ from scipy.special import logsumexp
 
 from .errors import GraphworldError
 from .policy import STOP
-from .tasks import Task, route_of
+from .tasks import Task
 
 FAIL = "FAIL"
 

@@ -221,6 +221,16 @@ def _json_object_without_duplicates(pairs):
     return out
 
 
+def parse_json(text: str, path, what: str):
+    """json.loads(text) refusing duplicate keys; GraphworldError (one line) naming `path`."""
+    try:
+        return json.loads(text, object_pairs_hook=_json_object_without_duplicates)
+    except json.JSONDecodeError as exc:
+        raise GraphworldError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GraphworldError(f"{path} is nested too deeply to be {what}") from None
+
+
 def read_text_file(path: str | Path, what: str = "file") -> str:
     """The text of a user file; GraphworldError (one line) if missing, a folder, empty, binary or unreadable."""
     path = Path(path)
@@ -276,13 +286,7 @@ def load_graph(path: str | Path) -> nx.DiGraph:
             return check_graph(g)
         except GraphworldError as exc:
             raise GraphworldError(f"{path}: {exc}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_json_object_without_duplicates)
-    except json.JSONDecodeError as exc:
-        raise GraphworldError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise GraphworldError(f"{path} is nested too deeply to be a graph") from None
-    return graph_from_node_link(data)
+    return graph_from_node_link(parse_json(text, path, "a graph"))
 
 
 def graph_to_node_link(g: nx.DiGraph) -> dict:

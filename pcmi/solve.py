@@ -18,7 +18,7 @@ import json
 import numpy as np
 
 from graphworld import EdgePolicy, GraphworldError, Task, concept_edges, dominant_route, graph_from_node_link
-from graphworld.graphs import read_text_file
+from graphworld.graphs import parse_json, read_text_file
 
 from .distributions import probs
 from .errors import PcmiInputError
@@ -163,27 +163,12 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
     return out
 
 
-def _no_duplicate_keys(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise PcmiInputError(f"duplicate key {k!r} in a JSON object")
-        out[k] = v
-    return out
-
-
 def read_instance_file(path: str) -> dict:
     """Parsed JSON of an instance file; PcmiInputError (one line) for every file problem."""
     try:
-        text = read_text_file(path, "instance file")
+        return parse_json(read_text_file(path, "instance file"), path, "an instance")
     except GraphworldError as exc:
         raise PcmiInputError(str(exc)) from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise PcmiInputError(f"{path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PcmiInputError(f"{path} is nested too deeply to be an instance") from None
 
 
 def solve_file(path: str, beta: float | None = None, max_rollouts: int | None = None) -> dict:

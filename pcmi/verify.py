@@ -198,16 +198,8 @@ def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False, counte
 
 def load_instance_file(path):
     """(Instance, parsed JSON) from an instance file in `pcmi solve`'s format."""
-    from .solve import load_instance
-    p = Path(path)
-    if not p.is_file():
-        raise PcmiInputError(f"file not found: {path}" if not p.exists() else f"{path} is not a file")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise PcmiInputError(f"{path} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise PcmiInputError(f"{path} is not a text file") from None
+    from .solve import load_instance, read_instance_file
+    data = read_instance_file(path)
     return load_instance(data)[0], data
 
 

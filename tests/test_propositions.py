@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from pcmi import LatentStrategyTeacher
 from pcmi import propositions as P
 from pcmi.symbolic import all_proofs, prove_p4
-from pcmi.testing import (betas, eps_open, graph_instances, latent_instances, log_distributions, overlapping_laws,
+from pcmi.testing import (betas, graph_instances, latent_instances, log_distributions, overlapping_laws,
                           rewards, route_copying_instances)
 
 

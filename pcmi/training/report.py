@@ -36,7 +36,7 @@ def policy_table(summaries: list[dict], policies=("base", "rl", "sdsd", "pred_sd
 
 def distance_table(summaries: list[dict], metric: str = "tv") -> str:
     """Distance of each trained policy to each prediction (mean over prompts, ± over runs)."""
-    rows = [f"| trained | " + " | ".join(f"{metric.upper()} to {d}" for d in DISTANCES) + " |",
+    rows = ["| trained | " + " | ".join(f"{metric.upper()} to {d}" for d in DISTANCES) + " |",
             "|" + "---|" * (len(DISTANCES) + 1)]
     for m in ("rl", "sdsd"):
         if all(m in s["mean"] for s in summaries):
