@@ -48,9 +48,20 @@ def check_probs(p, name: str = "distribution", *, axis: int = -1) -> np.ndarray:
     return safe_log(p / np.expand_dims(s, axis))
 
 
+def float_array(x, name: str, ndim: int | None = None) -> np.ndarray:
+    """x as a float array; PcmiInputError (one line) if it is ragged, not numeric or of another rank."""
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise PcmiInputError(f"{name} must be a rectangular array of numbers") from None
+    if ndim is not None and a.ndim != ndim:
+        raise PcmiInputError(f"{name} must have {ndim} dimension(s), got shape {a.shape}")
+    return a
+
+
 def check_log_probs(logp, name: str = "distribution", *, axis: int = -1) -> np.ndarray:
     """Validate log-probabilities (no NaN, no +inf, normalized within 1e-6) and renormalize."""
-    logp = np.asarray(logp, dtype=float)
+    logp = float_array(logp, name)
     if np.isnan(logp).any():
         raise PcmiInputError(f"{name} contains NaN")
     if (logp == np.inf).any():

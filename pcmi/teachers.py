@@ -16,7 +16,7 @@ from scipy.special import logsumexp
 
 from graphworld.enumeration import PrefixTree
 
-from .distributions import check_log_probs, check_probs, log_normalize, prob_of, safe_log
+from .distributions import check_log_probs, check_probs, float_array, log_normalize, prob_of, safe_log
 from .errors import PcmiInputError
 
 CHUNK = 256
@@ -46,8 +46,9 @@ class LatentStrategyTeacher:
     """
 
     def __init__(self, log_w, log_P, eps: float):
-        self.log_w = check_log_probs(np.asarray(log_w, float), "strategy weights w")
-        log_P = np.atleast_2d(np.asarray(log_P, float))
+        self.log_w = check_log_probs(float_array(log_w, "strategy weights w", ndim=1), "strategy weights w")
+        log_P = float_array(log_P, "strategy laws P_z")
+        log_P = float_array(np.atleast_2d(log_P), "strategy laws P_z (one row per strategy)", ndim=2)
         if log_P.shape[0] != len(self.log_w):
             raise PcmiInputError(f"got {len(self.log_w)} strategy weights but {log_P.shape[0]} strategy laws P_z")
         self.log_P = check_log_probs(log_P, "strategy law P_z", axis=1)
@@ -67,7 +68,7 @@ class LatentStrategyTeacher:
 
     @classmethod
     def from_probs(cls, w, P, eps: float) -> "LatentStrategyTeacher":
-        return cls(check_probs(w, "strategy weights w"), check_probs(np.atleast_2d(P), "strategy law P_z", axis=1), eps)
+        return cls(check_probs(w, "strategy weights w"), check_probs(np.atleast_2d(float_array(P, "strategy law P_z")), "strategy law P_z", axis=1), eps)
 
     @classmethod
     def route_copying(cls, log_base, labels, eps: float) -> "LatentStrategyTeacher":
@@ -140,7 +141,7 @@ class CopyTeacher:
     """T(y|y') = lam·1[y = y'] + (1−lam)·π0(y): copies the demonstration with probability lam."""
 
     def __init__(self, log_base, lam: float):
-        self.log_base = check_log_probs(np.asarray(log_base, float), "base policy")
+        self.log_base = check_log_probs(float_array(log_base, "base policy", ndim=1), "base policy")
         self.lam = _check_unit(lam, "lam")
 
     @property
@@ -186,14 +187,14 @@ class KernelTeacher:
     """An explicit row-stochastic matrix: row j is T(· | y'_j). |Y|×|Y|: small instances only."""
 
     def __init__(self, log_T):
-        log_T = np.atleast_2d(np.asarray(log_T, float))
+        log_T = np.atleast_2d(float_array(log_T, "teacher matrix"))
         if log_T.ndim != 2 or log_T.shape[0] != log_T.shape[1]:
             raise PcmiInputError(f"teacher must be a square |Y|×|Y| matrix, got shape {log_T.shape}")
         self.log_T = check_log_probs(log_T, "teacher row", axis=1)
 
     @classmethod
     def from_probs(cls, T) -> "KernelTeacher":
-        T = np.asarray(T, dtype=float) if not isinstance(T, np.ndarray) else T
+        T = float_array(T, "teacher matrix")
         if T.ndim != 2:
             raise PcmiInputError("teacher must be a list of rows (a |Y|×|Y| matrix)")
         return cls(check_probs(T, "teacher row", axis=1))

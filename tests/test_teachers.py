@@ -148,3 +148,221 @@ def test_latent_teacher_refuses_demonstrations_off_the_base_support():
     with pytest.raises(PcmiInputError, match="zero base probability"):
         expected_log_teacher(t, np.log([0.5, 0.25, 0.25]), PrefixTree.flat(3))
     assert not np.isnan(leaf_rows(t, 3)).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutation-testing additions (issue 8 item 6): input contracts, documented closed forms on
+# hand-built instances, and brute-force checks of every tree node (not only the leaves).
+# ---------------------------------------------------------------------------------------------
+from graphworld import PrefixTree  # noqa: E402
+from pcmi.teachers import _check_unit, _weighted  # noqa: E402
+
+# root 0 → prefixes a = 1, b = 2; a → rollouts y0 = 3, y1 = 4; b → rollout y2 = 5
+SMALL_TREE = PrefixTree(np.array([-1, 0, 0, 1, 1, 2]), np.array([3, 4, 5]))
+
+
+def _leaves_below(tree, h):
+    """Rollouts whose path passes through node h (by walking up the parent links)."""
+    out = []
+    for y, node in enumerate(tree.leaf_node):
+        while node != -1 and node != h:
+            node = tree.parent[node]
+        if node == h:
+            out.append(y)
+    return out
+
+
+def _brute_node_quantities(teacher, D, tree):
+    """E_D log T(h|y'), log E_D T(h|y') and log E_D T(a|h,y') (per-demonstration conditionals,
+    demonstrations with T(h|y') = 0 left out) from the dense matrix, node by node in plain numpy."""
+    T = np.exp(leaf_rows(teacher, teacher.n))  # T[j, y] = T(y | y'_j)
+    N = tree.n_nodes
+    Th = np.array([[T[j, _leaves_below(tree, h)].sum() for h in range(N)] for j in range(len(D))])
+    demos = [j for j in range(len(D)) if D[j] > 0]
+    with np.errstate(divide="ignore"):
+        e = np.array([sum(-np.inf if Th[j, h] == 0 else D[j] * np.log(Th[j, h]) for j in demos) for h in range(N)])
+        mix = np.log([sum(D[j] * Th[j, h] for j in demos) for h in range(N)])
+        tok = np.log([1.0] + [sum(D[j] * Th[j, c] / Th[j, tree.parent[c]] for j in demos if Th[j, tree.parent[c]] > 0)
+                              for c in range(1, N)])
+    return e, mix, tok
+
+
+def _small_teachers():
+    lb = np.log([0.2, 0.3, 0.5])
+    overlapping = LatentStrategyTeacher.from_probs([0.4, 0.6], [[0.25, 0.75, 0.0], [1 / 6, 0.0, 5 / 6]], 0.2)
+    kernel = KernelTeacher.from_probs([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.1, 0.0, 0.9]])
+    return [overlapping, LatentStrategyTeacher.route_copying(lb, [0, 0, 1], 0.3),
+            CopyTeacher(lb, 0.6), CopyTeacher(lb, 1.0), kernel]
+
+
+@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("D", [[0.5, 0.25, 0.25], [0.0, 0.4, 0.6], [1.0, 0.0, 0.0]])
+def test_node_quantities_against_brute_force_on_a_small_tree(k, D):
+    """All three streamed quantities on every node of a depth-2 tree, against a node-by-node
+    plain-numpy computation from the dense teacher (root of the token mixture: exactly 0)."""
+    teacher = _small_teachers()[k]
+    log_D = safe_log(D)
+    e, mix, tok = _brute_node_quantities(teacher, np.asarray(D), SMALL_TREE)
+    _close(expected_log_teacher(teacher, log_D, SMALL_TREE), e, 1e-12)
+    _close(mixture_log_teacher(teacher, log_D, SMALL_TREE), mix, 1e-12)
+    got = token_mixture_log(teacher, log_D, SMALL_TREE)
+    _close(got, tok, 1e-12)
+    assert got[0] == 0.0
+
+
+def test_streamed_quantities_raise_no_floating_point_error():
+    """Zero-probability prefixes (−inf − (−inf), 0·(−inf)) are handled where they arise, so the
+    results hold even under np.errstate(all='raise')."""
+    t = LatentStrategyTeacher(np.log([0.5, 0.5]), safe_log([[1.0, 0, 0], [0, 1.0, 0]]), 0.0)  # π0(y2) = 0
+    log_D = safe_log([0.5, 0.5, 0.0])
+    with np.errstate(all="raise"):
+        tok = token_mixture_log(t, log_D, SMALL_TREE)
+        q = t.log_posterior([0, 1, 2])
+        w = _weighted(np.array([0.0, 0.5]), np.array([-np.inf, -1.0]))
+    assert not np.isnan(tok).any() and not np.isnan(q).any()
+    assert np.array_equal(w, [0.0, -0.5])
+
+
+def test_weighted_counts_zero_weight_as_nothing_unless_marked_present():
+    """w·log t with 0·(−inf) = 0 by default (w > 0 marks presence); an explicitly present weight
+    that underflowed to 0 still gives −inf where log t = −inf."""
+    w, lt = np.array([0.0, 0.5, 0.5, 1.0]), np.array([-np.inf, -2.0, -np.inf, 0.0])
+    assert np.array_equal(_weighted(w, lt), [0.0, -1.0, -np.inf, 0.0])
+    assert np.array_equal(_weighted(np.array([0.0, 0.0]), np.array([-np.inf, -3.0]), [True, False]), [-np.inf, 0.0])
+
+
+def test_latent_rows_follow_the_closed_form():
+    """T(y|y') = (1−eps)·Σ_z w_z P_z(y') P_z(y) / π0(y') + eps·π0(y), computed by hand in numpy;
+    from_probs and the log-space constructor build the same teacher."""
+    w, P, eps = np.array([0.4, 0.6]), np.array([[0.25, 0.75, 0.0], [1 / 6, 0.0, 5 / 6]]), 0.2
+    base = w @ P
+    T = (1 - eps) * np.einsum("z,zj,zy->jy", w, P, P) / base[:, None] + eps * base[None, :]
+    for t in (LatentStrategyTeacher.from_probs(w, P, eps), LatentStrategyTeacher(np.log(w), safe_log(P), eps)):
+        assert t.eps == eps and t.n == 3 and t.n_strategies == 2
+        assert np.allclose(np.exp(t.log_base), base, atol=1e-15)
+        assert np.allclose(np.exp(leaf_rows(t, 3)), T, atol=1e-15)
+    one = LatentStrategyTeacher.from_probs([1.0], [0.2, 0.8], 0.1)  # a single law given as a vector
+    assert one.n_strategies == 1 and np.allclose(np.exp(leaf_rows(one, 2)), [[0.2, 0.8], [0.2, 0.8]])
+
+
+def test_posterior_is_bayes_rule_and_a_zero_probability_demo_tells_nothing():
+    """q(z|y') = w_z P_z(y') / π0(y'); q(z|y') = w_z when π0(y') = 0."""
+    w, P = np.array([0.3, 0.7]), np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    t = LatentStrategyTeacher(np.log(w), safe_log(P), 0.1)
+    q = np.exp(t.log_posterior([0, 1, 2]))
+    assert np.allclose(q, [[1.0, 0.0], [0.15 / 0.85, 0.7 / 0.85], [0.3, 0.7]], atol=1e-15)
+
+
+def test_from_responsibilities_reproduces_the_base_policy():
+    """Soft responsibilities a_z(y): w_z = Σ_y π0(y) a_z(y), P_z ∝ π0·a_z, Σ_z w_z P_z = π0; a
+    strategy with zero mass is dropped."""
+    pi0 = np.array([0.2, 0.3, 0.5])
+    a = np.array([[0.5, 1.0, 0.0], [0.5, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    t = LatentStrategyTeacher.from_responsibilities(np.log(pi0), safe_log(a), 0.0)
+    assert t.n_strategies == 2 and not t.disjoint
+    assert np.allclose(np.exp(t.log_w), [0.4, 0.6])
+    assert np.allclose(np.exp(t.log_P), [[0.25, 0.75, 0.0], [1 / 6, 0.0, 5 / 6]])
+    assert np.allclose(np.exp(t.log_base), pi0)
+
+
+def test_route_copying_groups_demonstrations_by_route():
+    """Disjoint strategies: one demonstration group per route with D-mass, of weight D(route);
+    the route's teacher is (1−eps)·π0(·|route) + eps·π0. Overlapping laws are not disjoint; a
+    zero-weight strategy does not make supports overlap."""
+    pi0 = np.array([0.1, 0.3, 0.2, 0.4])
+    t = LatentStrategyTeacher.route_copying(np.log(pi0), [0, 0, 1, 1], 0.25)
+    assert t.disjoint and t.n_strategies == 2
+    groups = list(t.demo_classes(safe_log([0.1, 0.3, 0.6, 0.0]), PrefixTree.flat(4)))
+    assert len(groups) == 2 and all(len(lw) == 1 for lw, _ in groups)
+    assert np.allclose(sorted(float(np.exp(lw[0])) for lw, _ in groups), [0.4, 0.6])
+    for lw, lt in groups:
+        route = [0, 1] if np.isclose(np.exp(lw[0]), 0.4) else [2, 3]
+        cond = np.where(np.isin(np.arange(4), route), pi0 / pi0[route].sum(), 0.0)
+        assert np.allclose(np.exp(lt[0, 1:]), 0.75 * cond + 0.25 * pi0)
+    assert len(list(t.demo_classes(safe_log([0.0, 0.0, 0.5, 0.5]), PrefixTree.flat(4)))) == 1
+    assert not LatentStrategyTeacher(np.log([0.5, 0.5]), np.log([[0.5, 0.5], [0.5, 0.5]]), 0.1).disjoint
+    assert LatentStrategyTeacher(safe_log([1.0, 0.0]), safe_log([[1.0, 0.0], [0.5, 0.5]]), 0.1).disjoint
+
+
+def test_rebuilt_teacher_uses_the_new_policy():
+    """rebuilt(π): same P_z, weights m_z = Σ_y π(y) q(z|y) (π = π0 is a fixed point); the copy
+    teacher keeps lam and takes π as its base."""
+    w, P = np.array([0.4, 0.6]), np.array([[0.25, 0.75, 0.0], [1 / 6, 0.0, 5 / 6]])
+    t = LatentStrategyTeacher(np.log(w), safe_log(P), 0.2)
+    same = t.rebuilt(t.log_base)
+    assert np.allclose(np.exp(same.log_w), w) and np.allclose(np.exp(same.log_P), P) and same.eps == 0.2
+    pi = np.array([0.5, 0.25, 0.25])
+    q = w[None, :] * P.T / (w @ P)[:, None]  # q[y, z]
+    r = t.rebuilt(np.log(pi))
+    assert np.allclose(np.exp(r.log_w), pi @ q) and np.allclose(np.exp(r.log_P), P)
+    c = CopyTeacher(np.log([0.5, 0.5]), 0.3).rebuilt(np.log([0.9, 0.1]))
+    assert c.lam == 0.3 and np.allclose(np.exp(c.log_base), [0.9, 0.1])
+
+
+def test_unit_interval_check():
+    """eps and lam must be numbers in the closed interval [0, 1]: both ends allowed, NaN, ±inf,
+    non-numbers and values outside refused with a message naming the argument and the range."""
+    assert _check_unit(0, "x") == 0.0 and _check_unit(1, "x") == 1.0 and _check_unit("0.5", "x") == 0.5
+    for bad in (float("nan"), float("inf"), -float("inf"), -1e-12, 1 + 1e-12, 2.0):
+        with pytest.raises(PcmiInputError, match=r"eps must lie in \[0, 1\]"):
+            LatentStrategyTeacher(np.log([1.0]), np.log([[0.5, 0.5]]), bad)
+        with pytest.raises(PcmiInputError, match=r"lam must lie in \[0, 1\]"):
+            CopyTeacher(np.log([0.5, 0.5]), bad)
+    for bad in ("abc", None, [0.1, 0.2]):
+        with pytest.raises(PcmiInputError, match="lam must be a number"):
+            CopyTeacher(np.log([0.5, 0.5]), bad)
+    # the open ends of the helper
+    with pytest.raises(PcmiInputError, match=r"x must lie in \(0, 1\]"):
+        _check_unit(0.0, "x", open_low=True)
+    with pytest.raises(PcmiInputError, match=r"x must lie in \[0, 1\)"):
+        _check_unit(1.0, "x", open_high=True)
+    with pytest.raises(PcmiInputError, match=r"x must lie in \(0, 1\)"):
+        _check_unit(2.0, "x", open_low=True, open_high=True)
+    assert _check_unit(1.0, "x", open_low=True) == 1.0 and _check_unit(0.0, "x", open_high=True) == 0.0
+    assert _check_unit(0.5, "x", open_low=True, open_high=True) == 0.5
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: LatentStrategyTeacher(np.log([0.5, 0.6]), np.log([[1.0, 0], [0, 1.0]]), 0.1), ["strategy weights w"]),
+    (lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), np.log([[0.5, 0.6], [0.5, 0.5]]), 0.1), ["strategy law P_z"]),
+    (lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), np.log([[0.2, 0.3, 0.5]]), 0.1),
+     ["2 strategy weights", "1 strategy law"]),
+    (lambda: LatentStrategyTeacher.from_probs([0.5, 0.5], [[0.5, 0.6], [1, 0]], 0.1), ["strategy law P_z"]),
+    (lambda: LatentStrategyTeacher.from_probs([0.5, 0.6], [[1, 0], [0, 1]], 0.1), ["strategy weights w"]),
+    (lambda: LatentStrategyTeacher.route_copying(np.log([0.5, 0.5]), [0, 1, 1], 0.1), ["route labels"]),
+    (lambda: LatentStrategyTeacher.from_responsibilities(np.log([0.5, 0.5]), np.log([[0.5, 0.5], [0.6, 0.5]]), 0.1),
+     ["responsibilities a_z(y)"]),
+    (lambda: CopyTeacher(np.log([0.5, 0.6]), 0.1), ["base policy"]),
+    (lambda: KernelTeacher(np.log([[0.5, 0.6], [1.0, 0.0]])), ["teacher row"]),
+    (lambda: KernelTeacher.from_probs([[0.5, 0.6], [1.0, 0.0]]), ["teacher row"]),
+    (lambda: KernelTeacher(np.log([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])), ["square"]),
+    (lambda: KernelTeacher(np.zeros((2, 2, 2))), ["square"]),
+    (lambda: KernelTeacher.from_probs(np.full((1, 2, 2), 0.5)), ["list of rows"]),
+    (lambda: KernelTeacher.from_probs([0.5, 0.5]), ["list of rows"]),
+    (lambda: expected_log_teacher(LatentStrategyTeacher(np.log([1.0]), safe_log([[1.0, 0.0]]), 0.0),
+                                  np.log([0.5, 0.5]), PrefixTree.flat(2)), ["zero base probability", "undefined"]),
+])
+def test_bad_input_messages_name_the_problem(make, words):
+    with pytest.raises(PcmiInputError) as e:
+        make()
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+
+
+def test_kernel_teacher_accepts_arrays_and_lists_alike():
+    T = [[0.5, 0.5], [0.0, 1.0]]
+    for t in (KernelTeacher.from_probs(T), KernelTeacher.from_probs(np.array(T)), KernelTeacher(safe_log(T))):
+        assert t.n == 2 and np.allclose(np.exp(leaf_rows(t, 2)), T)
+
+
+# --- malformed arrays: one-line PcmiInputError, never numpy's ValueError --------------------
+@pytest.mark.parametrize("make", [
+    lambda: KernelTeacher.from_probs([[0.5, 0.5], [1.0]]),
+    lambda: KernelTeacher([[0.0, -1.0], [0.0]]),
+    lambda: LatentStrategyTeacher.from_probs([0.5, 0.5], [[1.0, 0.0], [1.0]], 0.1),
+    lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), np.zeros((2, 1, 1)), 0.1),
+    lambda: CopyTeacher([0.0, "a"], 0.5),
+])
+def test_malformed_arrays_are_refused_with_one_line(make):
+    with pytest.raises(PcmiInputError) as e:
+        make()
+    assert "\n" not in str(e.value) and type(e.value) is PcmiInputError

@@ -16,10 +16,15 @@ def _kl(log_p, log_q):
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
 
 
+LOGIT_FLOOR = -1e30  # a masked (−inf) logit becomes this: probability exactly 0, gradients finite
+
+
 def per_token_divergence(student_logits, teacher_logits, alpha: float):
-    """D_α(S, T) per position: logits (B, T, V) → (B, T). Pass detached teacher logits."""
-    log_s = torch.log_softmax(student_logits.float(), dim=-1)
-    log_t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    """D_α(S, T) per position: logits (B, T, V) → (B, T). Pass detached teacher logits.
+    −inf logits (masked tokens) are floored at LOGIT_FLOOR, so their probability is exactly 0 and
+    no gradient is NaN (0·log 0 = 0; log m of two zero masses stays finite)."""
+    log_s = torch.log_softmax(student_logits.float().clamp_min(LOGIT_FLOOR), dim=-1)
+    log_t = torch.log_softmax(teacher_logits.float().clamp_min(LOGIT_FLOOR), dim=-1)
     if alpha == 1.0:
         return _kl(log_s, log_t)
     if alpha == 0.0:
