@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 import pcmi
+from pcmi.distributions import safe_log
 from pcmi.testing import extreme_instances, log_distributions, rewards
 
 
@@ -162,3 +163,116 @@ def test_rl_limit_success_on_a_large_graph_instance_is_at_most_one():
     assert pcmi.pass_at_k(pcmi.success(lp, inst.reward), 8) == 1.0
     assert 0 < pcmi.expected_distinct_correct(lp, inst.reward, 8) <= inst.reward.sum()
 
+
+
+# --- mutation testing (issue 8 item 6): each metric against an independent numpy route --------
+
+def _brute_ratio_distortion(lp, lb, r):
+    """max over correct pairs (both with π0 > 0) |log π(y1)/π(y2) − log π0(y1)/π0(y2)|, by loops."""
+    idx = [y for y in range(len(lp)) if r[y] == 1 and np.isfinite(lb[y])]
+    best = 0.0
+    for a in idx:
+        for b in idx:
+            if np.isneginf(lp[a]) or np.isneginf(lp[b]):
+                return float("inf")
+            best = max(best, abs((lp[a] - lp[b]) - (lb[a] - lb[b])))
+    return best
+
+
+@given(log_distributions(max_n=6), log_distributions(max_n=6), st.data())
+def test_metrics_equal_their_formulas_on_random_policies(lp, lb, data):
+    n = min(len(lp), len(lb))
+    lp, lb = lp[:n] - logsumexp(lp[:n]), lb[:n] - logsumexp(lb[:n])
+    r = data.draw(rewards(n))
+    route = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    blocked = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    pi, ok = np.exp(lp), r == 1
+    p = pi[ok].sum()
+    assert pcmi.success(lp, r) == pytest.approx(p, abs=1e-12)
+    ood = pi[ok & ~blocked].sum()
+    assert pcmi.ood_success(lp, r, blocked) == pytest.approx(ood, abs=1e-12)
+    assert pcmi.ood_pass_at_k(lp, r, blocked, 3) == pytest.approx(1 - (1 - ood) ** 3, abs=1e-12)
+    q = pi[ok] / p
+    h = -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0))
+    assert pcmi.correct_entropy(lp, r) == pytest.approx(h, abs=1e-9)
+    assert pcmi.effective_correct(lp, r) == pytest.approx(np.exp(h), rel=1e-9)
+    ks = [1, 3, 7]
+    dc = [np.sum(1 - (1 - pi[ok]) ** k) for k in ks]
+    assert np.allclose(pcmi.expected_distinct_correct(lp, r, ks), dc, atol=1e-12)
+    masses = {int(z): pi[ok & (route == z)].sum() / p for z in set(route[ok])}
+    got = pcmi.strategy_masses(lp, r, route)
+    assert got.keys() == masses.keys() and all(abs(got[z] - masses[z]) < 1e-12 for z in masses)
+    mv = np.array([v for v in masses.values() if v > 0])
+    assert pcmi.strategy_mass_entropy(lp, r, route) == pytest.approx(-np.sum(mv * np.log(mv)), abs=1e-9)
+    assert pcmi.ratio_distortion(lp, lb, r) == pytest.approx(_brute_ratio_distortion(lp, lb, r), abs=1e-9)
+
+
+def test_metrics_at_their_edges():
+    lp, lb, r = safe_log([0.5, 0.5, 0.0]), np.log([0.2, 0.3, 0.5]), np.array([0, 0, 1])
+    assert pcmi.success(lp, r) == 0.0 and pcmi.success(lp, np.zeros(3)) == 0.0
+    assert pcmi.ood_success(lp, np.ones(3), [True, True, False]) == 0.0  # every mass is blocked
+    assert pcmi.ood_success(lp, np.ones(3), [1, 0, 0]) == pytest.approx(0.5)  # a 0/1 integer mask
+    assert pcmi.ratio_distortion(lp, lb, r) == float("inf")  # π kills a correct rollout π0 has
+    assert pcmi.ratio_distortion(lp, lb, np.zeros(3)) == 0.0  # no correct pair at all
+    assert pcmi.ratio_distortion(lp, safe_log([0.2, 0.8, 0.0]), r) == 0.0  # the only correct one has π0 = 0
+    one = safe_log([0.0, 1.0, 0.0])  # π(y) = 1 on a correct rollout: 1 − (1 − 1)^k = 1, no warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pcmi.pass_at_k(1.0, 4) == 1.0 and pcmi.pass_at_k(0.0, 4) == 0.0
+        assert pcmi.expected_distinct_correct(one, [0, 1, 1], 5) == 1.0
+    assert pcmi.strategy_mass_entropy(safe_log([0.5, 0.5, 0.0]), [1, 1, 1], [0, 0, 1]) == 0.0  # a zero-mass route
+    assert pcmi.pass_at_k([0.0, 1.0], 1) == 0.5
+
+
+def test_pass_at_k_is_a_float_per_k_and_an_array_over_ks():
+    for f in (lambda k: pcmi.pass_at_k(0.3, k), lambda k: pcmi.pass_at_k([0.3, 0.6], k),
+              lambda k: pcmi.expected_distinct_correct(np.log([0.3, 0.7]), [1, 1], k),
+              lambda k: pcmi.ood_pass_at_k(np.log([0.3, 0.7]), [1, 1], [0, 1], k)):
+        assert type(f(2)) is float
+        assert np.shape(f([2])) == (1,) and np.shape(f([1, 2, 3])) == (3,)
+        assert np.allclose(f([1, 2, 3]), [f(1), f(2), f(3)])
+
+
+def test_unbiased_pass_at_k_edges():
+    assert pcmi.pass_at_k_unbiased(5, 0, 5) == 0.0 and pcmi.pass_at_k_unbiased(5, 5, 1) == 1.0
+    assert pcmi.pass_at_k_unbiased(5, 1, 4) == pytest.approx(0.8)  # n − c = k: C(4,4)/C(5,4) = 1/5
+    assert pcmi.pass_at_k_unbiased(5, 1, 5) == 1.0  # n − c < k
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda: pcmi.pass_at_k_unbiased(3, 1, 4), "k=4"), (lambda: pcmi.pass_at_k_unbiased(3, 1, 0), "k=0"),
+    (lambda: pcmi.pass_at_k_unbiased(3, -1, 1), "c=-1"), (lambda: pcmi.pass_at_k_unbiased(3, 4, 1), "c=4"),
+    (lambda: pcmi.pass_at_k(0.5, 2.5), "positive integer"), (lambda: pcmi.pass_at_k(0.5, [1, 0]), "positive integer"),
+    (lambda: pcmi.expected_distinct_correct(np.log([0.5, 0.5]), [1, 1], 0), "positive integer"),
+    (lambda: pcmi.pass_at_k(-0.1, 2), "success probabilities"),
+    (lambda: pcmi.pass_at_k(float("nan"), 2), "success probabilities")])
+def test_bad_metric_input_names_the_problem(call, word):
+    with pytest.raises(pcmi.PcmiInputError, match=word):
+        call()
+
+
+def test_policy_metrics_is_every_metric_as_plain_json_numbers():
+    import json
+    lp, lb = np.log([0.4, 0.3, 0.2, 0.1]), np.log([0.1, 0.2, 0.3, 0.4])
+    r, route, blocked = np.array([1, 1, 0, 1]), np.array([0, 1, 1, 2]), np.array([1, 0, 0, 0], bool)
+    m = pcmi.policy_metrics(lp, lb, r, route, blocked, ks=(1, 4))
+    assert set(m) == {"success", "pass@1", "pass@4", "correct_entropy", "effective_correct", "ratio_distortion",
+                      "distinct_correct@1", "distinct_correct@4", "strategy_masses", "strategy_mass_entropy",
+                      "ood_success"}
+    json.dumps(m)
+    expected = {"success": pcmi.success(lp, r), "pass@4": pcmi.pass_at_k(pcmi.success(lp, r), 4),
+                "correct_entropy": pcmi.correct_entropy(lp, r), "effective_correct": pcmi.effective_correct(lp, r),
+                "ratio_distortion": pcmi.ratio_distortion(lp, lb, r),
+                "distinct_correct@4": pcmi.expected_distinct_correct(lp, r, 4),
+                "strategy_masses": pcmi.strategy_masses(lp, r, route),
+                "strategy_mass_entropy": pcmi.strategy_mass_entropy(lp, r, route),
+                "ood_success": pcmi.ood_success(lp, r, blocked)}
+    assert expected["ratio_distortion"] > 0 and 0 < expected["ood_success"] < expected["success"]
+    for key, v in expected.items():
+        assert m[key] == pytest.approx(v, abs=1e-15), key
+    assert set(pcmi.policy_metrics(lp, lb, r, ks=(2,))) == {"success", "pass@2", "correct_entropy",
+                                                              "effective_correct", "ratio_distortion",
+                                                              "distinct_correct@2"}
+    zero = pcmi.policy_metrics(safe_log([0.0, 0.0, 1.0, 0.0]), lb, r, route, blocked, ks=(3,))  # success 0
+    assert zero == {"success": 0.0, "pass@3": 0.0, "ood_success": 0.0}

@@ -10,7 +10,7 @@ import pcmi
 from pcmi import Instance, KernelTeacher, LatentStrategyTeacher, PcmiInputError
 from pcmi.distributions import safe_log
 from pcmi.instance import demos_from_successes
-from pcmi.policies import js_objective, teacher_classes_at_leaves
+from pcmi.policies import check_beta, js_objective, teacher_classes_at_leaves
 from pcmi.teachers import leaf_rows
 from pcmi.testing import (eps_open, explicit_instances, extreme_instances, graph_instances, log_distributions,
                           rewards)
@@ -412,3 +412,385 @@ def test_js_residual_is_scale_free_near_alpha_one():
         res = pcmi.js_optimum(inst, alpha)
         assert res.kkt_residual < 1e-12
         assert js_kkt_residual(log_softmax(res.log_pi + np.array([0.1, 0.0, 0.0])), w, log_T, alpha) > 1e-2
+
+
+# --- mutation testing (issue 8 item 6): RL's leash, β checks and error contracts ---------------
+
+@given(log_distributions(max_n=6), moderate_beta, st.data())
+def test_rl_success_is_the_success_of_the_rl_optimum(lb, beta, data):
+    """p(β) = p0 / (p0 + (1 − p0) e^(−1/β)) against the mass π_RL puts on correct rollouts."""
+    r = data.draw(rewards(len(lb)))
+    p0 = pcmi.success(lb, r)
+    p = pcmi.rl_success(p0, beta)
+    assert p == pytest.approx(pcmi.success(pcmi.rl_optimum(lb, r, beta), r), abs=1e-12)
+    assert p == pytest.approx(p0 / (p0 + (1 - p0) * np.exp(-1 / beta)), abs=1e-12)
+
+
+def test_rl_success_at_its_edges():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # p0 ∈ {0, 1} and a subnormal β (1/β = +inf): exact, no warning
+        for beta in (0.5, 5e-324):
+            assert pcmi.rl_success(0.0, beta) == 0.0 and pcmi.rl_success(1.0, beta) == 1.0
+        assert pcmi.rl_success(0.25, 5e-324) == 1.0
+        got = pcmi.rl_success([0.0, 0.2, 1.0], 1.0)
+    assert np.allclose(got, [0.0, 0.2 / (0.2 + 0.8 / np.e), 1.0], atol=1e-15)
+    assert pcmi.rl_success(0.3, 1e300) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("p0", [-0.1, 1.5, float("nan"), [0.2, 2.0]])
+def test_rl_success_refuses_bad_base_success(p0):
+    with pytest.raises(PcmiInputError, match="p0 must lie in"):
+        pcmi.rl_success(p0, 1.0)
+
+
+@given(st.floats(1e-4, 1 - 1e-4), st.floats(0.01, 0.99))
+def test_rl_beta_for_success_inverts_rl_success(p0, frac):
+    p = p0 + frac * (1 - p0)
+    if not p0 < p < 1:
+        return
+    beta = pcmi.rl_beta_for_success(p0, p)
+    assert beta > 0 and pcmi.rl_success(p0, beta) == pytest.approx(p, abs=1e-9)
+
+
+@pytest.mark.parametrize("p0, p", [(0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (0.6, 0.4), (0.5, 1.5)])
+def test_rl_beta_for_success_refuses_unreachable_targets(p0, p):
+    with pytest.raises(PcmiInputError, match="no β > 0"):
+        pcmi.rl_beta_for_success(p0, p)
+
+
+@pytest.mark.parametrize("p0s, frac", [([0.2, 0.5, 0.9], 0.5), ([0.0, 0.3, 0.6], 0.9), ([0.1, 0.4], 1e-3),
+                                       ([0.05], 0.999), ([0.3, 0.7], 0.2)])
+def test_rl_beta_for_mean_success_hits_the_mean(p0s, frac):
+    """The mean of p(β) over prompts equals the target (monotone in β: one root), between the
+    base mean (β → ∞) and the share of prompts with p0 > 0 (β → 0)."""
+    lo, hi = np.mean(p0s), np.mean(np.array(p0s) > 0)
+    p = lo + frac * (hi - lo)
+    beta = pcmi.rl_beta_for_mean_success(p0s, p)
+    assert beta > 0 and np.mean(pcmi.rl_success(p0s, beta)) == pytest.approx(p, abs=1e-10)
+    if len(p0s) == 1:
+        assert beta == pytest.approx(pcmi.rl_beta_for_success(p0s[0], p), rel=1e-8)
+
+
+@pytest.mark.parametrize("p0s, p", [([0.2, 0.5], 0.35), ([0.0, 0.5], 0.5), ([0.0, 0.5], 0.75), ([0.2, 0.5], 0.1),
+                                    ([0.2, 0.5], 1.0)])
+def test_rl_beta_for_mean_success_refuses_unreachable_targets(p0s, p):
+    with pytest.raises(PcmiInputError, match="outside"):
+        pcmi.rl_beta_for_mean_success(p0s, p)
+
+
+@pytest.mark.parametrize("beta, word", [("x", "must be a number"), ([1.0, 2.0], "must be a number"),
+                                        (0.0, "finite number > 0"), (-2.0, "finite number > 0"),
+                                        (float("inf"), "finite number > 0")])
+def test_bad_beta_message_names_the_problem(beta, word):
+    for call in (lambda: pcmi.rl_optimum(np.log([0.5, 0.5]), [1, 0], beta), lambda: pcmi.rl_success(0.5, beta),
+                 lambda: pcmi.sdsd_optimum(worked_example(), beta)):
+        with pytest.raises(PcmiInputError, match=word):
+            call()
+
+
+def test_tiny_positive_beta_is_accepted():
+    for beta in (1e-300, 0.5, 1.0):
+        assert check_beta(beta) == beta
+        assert pcmi.rl_success(0.5, beta) >= 0.5
+        assert abs(logsumexp(pcmi.sdsd_optimum(worked_example(), beta))) < 1e-12
+
+
+def test_rl_optimum_is_the_tilted_base():
+    """π_RL ∝ π0 · exp(r/β), for rewards beyond {0, 1} too (the tilt only depends on r − max r)."""
+    lb, r, beta = np.log([0.5, 0.3, 0.2]), np.array([1.0, 0.0, 0.5]), 0.7
+    w = np.exp(lb) * np.exp(r / beta)
+    assert np.allclose(np.exp(pcmi.rl_optimum(lb, r, beta)), w / w.sum(), atol=1e-15)
+    assert np.allclose(np.exp(pcmi.rl_optimum(lb, [True, False, True], beta)),
+                       np.exp(pcmi.rl_optimum(lb, [1, 0, 1], beta)), atol=1e-15)
+    assert np.allclose(np.exp(pcmi.rl_limit(lb, [0, 1, 1])), [0, 0.6, 0.4], atol=1e-15)
+
+
+def test_tempered_sdsd_is_the_tilted_base():
+    """π ∝ π0 · exp(s/β) on the worked example, s = expected PCMI (dense numpy route)."""
+    inst = worked_example()
+    e = _dense_expected_log_teacher(inst, inst.log_demos)
+    s = e - inst.log_base
+    for beta in (0.3, 1.0, 4.0):
+        w = np.exp(inst.log_base + s / beta)
+        assert np.allclose(np.exp(pcmi.sdsd_optimum(inst, beta)), w / w.sum(), atol=1e-12)
+
+
+def test_reverse_kl_errors_name_the_quantity():
+    lb = np.log([0.5, 0.5])
+    inst = Instance(lb, [1, 1], LatentStrategyTeacher.route_copying(lb, [0, 1], 0.0), lb)
+    for call, word in ((lambda: pcmi.sdsd_optimum(inst), "E_D log T"),
+                       (lambda: pcmi.sdsd_optimum(inst, 1.0), "the expected PCMI"),
+                       (lambda: pcmi.sdsd_sequence_from_tokens(inst), "E_D log T")):
+        with pytest.raises(PcmiInputError, match="reverse KL is infinite") as e:
+            call()
+        assert word in str(e.value) and "zero teacher probability under some demonstration" in str(e.value)
+
+
+# --- mutation testing: the JS solver's pieces against mpmath and finite differences ---------
+
+def _mp_log_softplus(x):
+    import mpmath as mp
+    mp.mp.dps = 50
+    return float(mp.log(mp.log1p(mp.exp(x))))
+
+
+def _mp_inv_softplus_of_log(log_v):
+    import mpmath as mp
+    mp.mp.dps = 50
+    return float(mp.log(mp.expm1(mp.exp(log_v))))
+
+
+def test_log_softplus_is_log_log1p_exp_over_the_whole_range():
+    from pcmi.policies import _log_softplus
+    xs = np.array([-800.0, -100.0, -41.0, -40.5, -40.0, -39.5, -10.0, -1.0, 0.0, 2.0, 40.0, 300.0])
+    ref = np.array([_mp_log_softplus(x) for x in xs])
+    assert np.allclose(_log_softplus(xs), ref, rtol=1e-14, atol=0)
+    assert _log_softplus(np.array([-np.inf]))[0] == -np.inf
+
+
+def test_inv_softplus_of_log_inverts_softplus_over_the_whole_range():
+    """x with log(1 + e^x) = v, from log v: log v → −∞ (x ≈ log v), v ≈ 30 (x ≈ v), v → e^709."""
+    import warnings
+    from pcmi.policies import _inv_softplus_of_log
+    lv = np.array([-800.0, -45.0, -40.5, -39.0, -5.0, 0.0, 3.0, np.log(30.5), 5.0, 100.0, 699.5, 700.5,
+                   705.0, 709.5])
+    ref = np.array([_mp_inv_softplus_of_log(v) for v in lv])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _inv_softplus_of_log(lv)
+        assert _inv_softplus_of_log(np.array([-np.inf]))[0] == -np.inf
+    assert np.allclose(got, ref, rtol=1e-15, atol=0), (got - ref) / ref
+
+
+def _stationarity_case():
+    """Three classes (one of weight 0, weights unnormalized); rollout 3 only reached by the
+    weight-0 class, rollout 4 by none."""
+    w = np.array([0.6, 1.4, 0.0])
+    log_T = safe_log(np.array([[0.5, 0.3, 0.2, 0.0, 0.0],
+                               [0.1, 0.0, 0.9, 0.0, 0.0],
+                               [0.2, 0.2, 0.2, 0.4, 0.0]]))
+    return w, log_T
+
+
+def _dense_G(w, log_T, alpha, t):
+    """G_y(t) = Σ_c w_c softplus(logit α + log T_cy − t), weights normalized, in plain numpy."""
+    wn = w / w.sum()
+    x = np.log(alpha / (1 - alpha)) + log_T - t[None, :]  # t finite: −inf where T_cy = 0
+    return (wn[:, None] * np.logaddexp(0.0, x)).sum(axis=0)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 0.9])
+def test_js_stationarity_pieces(alpha):
+    from pcmi.policies import _JSStationarity
+    w, log_T = _stationarity_case()
+    s = _JSStationarity(w, log_T, alpha)
+    assert s.support.tolist() == [True, True, True, False, False]
+    t = np.array([-1.0, 0.3, -2.5])
+    g = _dense_G(w, log_T, alpha, np.r_[t, 0.0, 0.0])[:3]
+    log_g = s.log_G(t)
+    assert np.allclose(log_g, np.log(g), rtol=1e-13)
+    h = 1e-6
+    fd = (np.log(_dense_G(w, log_T, alpha, np.r_[t + h, 0, 0])[:3]) -
+          np.log(_dense_G(w, log_T, alpha, np.r_[t - h, 0, 0])[:3])) / (2 * h)
+    d = s.dlog_G(t, log_g)
+    assert np.allclose(d, fd, rtol=1e-6) and np.all((-1 <= d) & (d < 0))
+    for log_mu in (-30.0, -2.0, 0.0, 1.5, 20.0):
+        ts = s.log_s(log_mu)
+        assert np.allclose(s.log_G(ts), log_mu, rtol=0, atol=1e-13 * (1 + abs(log_mu)))
+
+
+def _plain_js(p, T, alpha):
+    """D_α(p, T) for unnormalized p, T in plain numpy (0·log 0 = 0)."""
+    m = (1 - alpha) * p + alpha * T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_t = np.where(T > 0, T * np.log(T / m), 0.0).sum()
+        kl_s = np.where(p > 0, p * np.log(p / m), 0.0).sum()
+    return alpha * kl_t + (1 - alpha) * kl_s
+
+
+def test_js_divergence_and_objective_gradient():
+    import warnings
+    from pcmi.policies import js_divergence
+    p, T = np.array([0.5, 0.3, 0.2, 0.0]), np.array([0.2, 0.0, 0.5, 0.3])
+    lp, lt = safe_log(p), safe_log(T)
+    assert js_divergence(lp, lt, 1.0) == float("inf") and js_divergence(lt, lp, 0.0) == float("inf")
+    q = np.array([0.4, 0.3, 0.2, 0.1])
+    assert js_divergence(lp, np.log(q), 1.0) == pytest.approx(np.sum(p[:3] * np.log(p[:3] / q[:3])), rel=1e-13)
+    assert js_divergence(np.log(q), lp, 0.0) == pytest.approx(np.sum(p[:3] * np.log(p[:3] / q[:3])), rel=1e-13)
+    for alpha in (0.1, 0.5, 0.8):
+        assert js_divergence(lp, lt, alpha) == pytest.approx(_plain_js(p, T, alpha), rel=1e-13)
+    w, log_T = _stationarity_case()
+    S = np.array([0.3, 0.25, 0.4, 0.05, 0.0])  # S_4 = 0 and T_c4 = 0 for every class
+    for alpha in (0.3, 0.7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            f, grad = js_objective(safe_log(S), w, log_T, alpha)
+        assert grad.shape == (5,)
+        assert f == pytest.approx(sum(wc * _plain_js(S, np.exp(lt_), alpha) for wc, lt_ in zip(w, log_T)), rel=1e-13)
+        for y in range(4):  # ∂F/∂S_y on supp S (S unnormalized: F is defined for any S ≥ 0)
+            e = np.zeros(5)
+            e[y] = 1e-7
+            fd = (js_objective(safe_log(S + e), w, log_T, alpha)[0]
+                  - js_objective(safe_log(S - e), w, log_T, alpha)[0]) / 2e-7
+            assert grad[y] == pytest.approx(fd, rel=1e-6, abs=1e-9), (alpha, y)
+
+
+def test_js_kkt_residual_is_the_spread_of_G_on_the_support():
+    from pcmi.policies import js_kkt_residual
+    w, log_T = _stationarity_case()
+    S = np.array([0.5, 0.2, 0.3, 0.0, 0.0])
+    for alpha in (0.3, 0.6):
+        g = _dense_G(w, log_T, alpha, np.log(np.where(S > 0, S, 1.0)))[:3]
+        expected = np.max(np.abs(g - S[:3] @ g))
+        assert expected > 1e-3
+        assert js_kkt_residual(safe_log(S), w, log_T, alpha) == pytest.approx(expected, rel=1e-12)
+        res = pcmi.js_optimum(worked_example(), alpha)
+        ww, lT = teacher_classes_at_leaves(worked_example())
+        assert js_kkt_residual(res.log_pi, 3 * ww, lT, alpha) == pytest.approx(res.kkt_residual, abs=1e-15)
+
+
+def test_js_optimum_result_fields_and_bad_alpha():
+    inst = worked_example()
+    w, log_T = teacher_classes_at_leaves(inst)
+    for alpha in (0.0, 1.0):  # closed forms: exact, objective = Σ_c w_c D_α(π, T_c)
+        res = pcmi.js_optimum(inst, alpha)
+        assert res.kkt_residual == 0.0 and res.converged
+        expected = sum(wc * pcmi.distributions.kl(*((res.log_pi, lt) if alpha == 1 else (lt, res.log_pi)))
+                       for wc, lt in zip(w / w.sum(), log_T))
+        assert res.objective == pytest.approx(expected, rel=1e-12)
+    res = pcmi.js_optimum(inst, 0.4)
+    assert res.converged and res.kkt_residual <= 1e-12 and abs(logsumexp(res.log_pi)) < 1e-14
+    assert res.objective == pytest.approx(js_objective(res.log_pi, w / w.sum(), log_T, 0.4)[0], rel=1e-14)
+    for alpha, word in ((1.5, "alpha must lie in"), (-0.1, "alpha must lie in"), (float("nan"), "alpha must lie in"),
+                        ("x", "alpha must be a number")):
+        with pytest.raises(PcmiInputError, match=word):
+            pcmi.js_optimum(inst, alpha)
+
+
+# --- mutation testing: contrastive score with explicit baselines, token-level messages -------
+
+def test_contrastive_score_with_explicit_baseline_demonstrations():
+    """s_c = E_D log T − E_B log T for a given B (dense route), eps = 0: +∞ where only B rules y
+    out, −∞ where D does, −∞ where both do (0/0: no evidence for y)."""
+    lb = np.log([0.3, 0.2, 0.25, 0.15, 0.1])
+    route = np.array([0, 0, 1, 2, 2])
+    t = LatentStrategyTeacher.route_copying(lb, route, 0.0)
+    inst = Instance(t.log_base, [1, 1, 1, 0, 0], t, demos_from_successes(t.log_base, [1, 1, 0, 0, 0]), route=route)
+    B = safe_log([0.0, 0.0, 0.5, 0.5, 0.0])  # baseline demonstrations on routes 1 and 2 only
+    s = pcmi.contrastive_score(inst, B)
+    e_d, e_b = _dense_expected_log_teacher(inst, inst.log_demos), _dense_expected_log_teacher(inst, B)
+    assert np.isfinite(e_d[:2]).all() and np.isneginf(e_b[:2]).all() and np.all(s[:2] == np.inf)
+    assert np.isneginf(e_d[2:]).all() and np.isneginf(e_b[2:]).all() and np.isneginf(s[2:]).all()  # both: 0/0
+    assert not np.isnan(s).any()
+    assert np.allclose(np.exp(pcmi.contrastive_optimum(inst, B)), [0.6, 0.4, 0, 0, 0], atol=1e-15)  # π0(·|s_c = +∞)
+    assert np.all(pcmi.contrastive_score(inst, np.log([0.1, 0.1, 0.2, 0.3, 0.3]))[:2] == np.inf)  # B on every route
+    two = Instance(t.log_base, [1, 1, 1, 0, 0], t, demos_from_successes(t.log_base, [1, 1, 1, 0, 0]), route=route)
+    assert np.isneginf(pcmi.contrastive_score(two, B)).all()  # D on two routes rules out everything at eps = 0
+    with pytest.raises(PcmiInputError, match="the contrastive score is −inf for every rollout"):
+        pcmi.contrastive_optimum(two, B)
+
+
+def test_contrastive_score_refuses_bad_baselines():
+    inst = worked_example()
+    with pytest.raises(PcmiInputError, match="baseline demonstrations B have 2 entries but there are 3 rollouts"):
+        pcmi.contrastive_score(inst, np.log([0.5, 0.5]))
+    for bad in ([0.1, np.nan, 0.0], np.log([0.5, 0.6, 0.1])):
+        with pytest.raises(PcmiInputError, match="baseline demonstrations B"):
+            pcmi.contrastive_optimum(inst, bad)
+
+
+def test_contrastive_score_of_an_explicit_b_differs_from_the_default():
+    """The default B is π0; an explicit B is used, not ignored."""
+    inst = worked_example()
+    B = np.log([0.1, 0.1, 0.8])
+    s_default, s_b = pcmi.contrastive_score(inst), pcmi.contrastive_score(inst, B)
+    e_d = _dense_expected_log_teacher(inst, inst.log_demos)
+    assert np.allclose(s_b, e_d - _dense_expected_log_teacher(inst, B))
+    assert np.allclose(s_default, e_d - _dense_expected_log_teacher(inst, inst.log_base))
+    assert np.max(np.abs(s_b - s_default)) > 0.1
+    w = np.exp(inst.log_base + s_b)
+    assert np.allclose(np.exp(pcmi.contrastive_optimum(inst, B)), w / w.sum())
+
+
+def test_token_optimum_error_names_the_stuck_prefixes():
+    undefined = _tree_instance([[0.5, 0, 0.5, 0], [0, 0.4, 0.3, 0.3]], [0.5, 0.5], *TREE)
+    with pytest.raises(PcmiInputError) as e:
+        pcmi.sdsd_token_optimum(undefined)
+    msg = str(e.value)
+    for word in ("at 1 reachable prefix", "zero teacher probability under some", "demonstration",
+                 "token-level reverse KL", "is infinite for every policy"):
+        assert word in msg, (word, msg)
+
+
+def test_subnormal_beta_gives_the_limits_without_floating_point_warnings():
+    """1/β overflows for β = 5e-324: the tilt goes to −inf (wrong rollouts, or every rollout
+    below max s), never to NaN, and no overflow warning leaks."""
+    import warnings
+    lb, r = np.log([0.5, 0.3, 0.2]), np.array([1, 0, 1])
+    inst = worked_example()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rl = pcmi.rl_optimum(lb, r, 5e-324)
+        sd = pcmi.sdsd_optimum(inst, 5e-324)
+    assert np.allclose(np.exp(rl), np.exp(pcmi.rl_limit(lb, r)), atol=0)
+    s = pcmi.expected_pcmi(inst)
+    assert np.allclose(np.exp(sd), np.exp(pcmi.rl_limit(inst.log_base, s == s.max())), atol=0)
+
+
+@given(graph_instances())
+def test_soft_future_value_is_the_leaf_mass_below_each_prefix(pair):
+    """Z(h) = Σ_{y below h} exp(E_D log T(y | y') − E_D log T(h | y')) by brute force over the
+    leaves (the recursion telescopes), so log Z(root) = log Σ_y exp(E_D log T(y | y'))."""
+    inst, _ = pair
+    tree = inst.tree
+    log_Z = pcmi.soft_future_value(inst)
+    e_node = pcmi.teachers.expected_log_teacher(inst.teacher, inst.log_demos, tree)
+    e_leaf = e_node[tree.leaf_node]
+    assert log_Z[0] == pytest.approx(logsumexp(e_leaf), abs=1e-9)
+    for h in range(tree.n_nodes):
+        below = []
+        for i, c in enumerate(tree.leaf_node):
+            while c != -1 and c != h:
+                c = tree.parent[c]
+            if c == h:
+                below.append(i)
+        if np.isfinite(e_node[h]):
+            assert log_Z[h] == pytest.approx(logsumexp(e_leaf[below]) - e_node[h], abs=1e-9), h
+
+
+def test_token_level_optima_on_eps_zero_trees_raise_no_floating_point_warnings():
+    import warnings
+    P, w = [[0.3, 0.2, 0.5, 0], [0, 0.4, 0.3, 0.3]], [0.5, 0.5]
+    inst = _tree_instance(P, w, *TREE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # −inf − (−inf) below ruled-out prefixes: −inf, not NaN + warning
+        for f in (pcmi.sdsd_token_optimum, pcmi.sdsd_sequence_from_tokens, pcmi.forward_kl_token_optimum,
+                  pcmi.soft_future_value):
+            assert not np.isnan(f(inst)).any()
+
+
+def test_js_optimum_is_stationary_over_a_grid_of_alpha():
+    """The root log μ moves from ≈ logit α (far below −1 for small α, above 1 for α → 1): the
+    bracket search must find it on both sides."""
+    inst = worked_example()
+    w, log_T = teacher_classes_at_leaves(inst)
+    w = w / w.sum()
+    rng = np.random.default_rng(1)
+    for alpha in (0.02, 0.25, 0.75, 0.98, 0.999):
+        res = pcmi.js_optimum(inst, alpha)
+        assert res.converged and res.kkt_residual <= 1e-12 and abs(logsumexp(res.log_pi)) < 1e-14, alpha
+        for _ in range(3):
+            other = log_softmax(res.log_pi + 1e-3 * rng.standard_normal(inst.n))
+            assert res.objective <= js_objective(other, w, log_T, alpha)[0] + 1e-15, alpha
+
+
+def test_js_converged_flag_is_the_residual_against_tol():
+    """JSResult.converged means kkt_residual ≤ tol (the residual itself is a few ulps here)."""
+    inst = worked_example()
+    for alpha in (0.3, 0.7):
+        r = pcmi.js_optimum(inst, alpha).kkt_residual
+        assert 0 < r <= 1e-12
+        assert not pcmi.js_optimum(inst, alpha, tol=0.0).converged
+        assert pcmi.js_optimum(inst, alpha, tol=r).converged
+        assert not pcmi.js_optimum(inst, alpha, tol=r / 2).converged
