@@ -205,7 +205,9 @@ def js_divergence(log_s, log_t, alpha: float) -> float:
 
 
 def js_objective(log_s, w, log_T, alpha):
-    """F(S) = Σ_c w_c D_α(S, T_c) and its gradient ∂F/∂S_y = (1−α) Σ_c w_c log(S_y / m_cy)."""
+    """F(S) = Σ_c w_c D_α(S, T_c) and its gradient ∂F/∂S_y = (1−α) Σ_c w_c log(S_y / m_cy).
+    Convention: at a y with S_y = 0 that no teacher reaches (every m_cy = 0) the gradient is set
+    to 0; such a y is outside the optimum's support, which the solver fixes in advance."""
     log_m = np.logaddexp(np.log1p(-alpha) + log_s[None, :], np.log(alpha) + log_T)
     f = sum(wc * js_divergence(log_s, lt, alpha) for wc, lt in zip(w, log_T))
     with np.errstate(invalid="ignore"):
