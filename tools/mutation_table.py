@@ -6,7 +6,7 @@
     python tools/mutation_table.py --sample              # the table over that sample only
 
 A full run is about 4,300 mutants (hours on 2 cores). The sample is an honest shortcut: per module
-max(--min, --fraction of its mutants) chosen uniformly at random with --seed; run just those with
+max(--min, --fraction of its mutants), at most --cap, chosen uniformly at random with --seed; run just those with
 `mutmut run $(python tools/mutation_table.py --sample-names)` and report the sample's score with
 its Wilson 95% interval. Killed = a test failed or timed out under the mutant; "no tests" (no test
 reaches the function) and "survived" count as not killed; unchecked mutants are left out.
@@ -41,8 +41,9 @@ def module_of(mutant: str) -> str:
     return "/".join(p for p in mutant.split(".") if not p.startswith(("x_", "xǁ"))) + ".py"
 
 
-def stratified_sample(names, fraction: float, minimum: int, seed: int) -> list[str]:
-    """Per module, max(minimum, ⌈fraction·n⌉) names (all if fewer), uniformly without replacement."""
+def stratified_sample(names, fraction: float, minimum: int, seed: int, cap: int | None = None) -> list[str]:
+    """Per module, max(minimum, ⌈fraction·n⌉) names (all if fewer), uniformly without replacement;
+    with cap, a uniform subset of at most cap of those (so a capped sample is nested in the uncapped one)."""
     rng = np.random.default_rng(seed)
     by = collections.defaultdict(list)
     for n in sorted(names):
@@ -51,7 +52,11 @@ def stratified_sample(names, fraction: float, minimum: int, seed: int) -> list[s
     for mod in sorted(by):
         pool = by[mod]
         k = min(len(pool), max(minimum, int(np.ceil(fraction * len(pool)))))
-        out += [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+        chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+        if cap is not None and len(chosen) > cap:
+            sub = np.random.default_rng([seed, len(pool)]).choice(len(chosen), size=cap, replace=False)
+            chosen = [chosen[i] for i in sorted(sub)]
+        out += chosen
     return out
 
 
@@ -92,11 +97,12 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, default=0.15)
     p.add_argument("--min", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cap", type=int, default=150, help="at most this many mutants per module")
     args = p.parse_args(argv)
     rows = mutant_statuses()
     totals = collections.Counter(module_of(n) for n, _ in rows)
     if args.sample or args.sample_names:
-        keep = set(stratified_sample([n for n, _ in rows], args.fraction, args.min, args.seed))
+        keep = set(stratified_sample([n for n, _ in rows], args.fraction, args.min, args.seed, args.cap))
         if args.sample_names:
             print("\n".join(n for n, _ in rows if n in keep))
             return 0
