@@ -801,3 +801,15 @@ def test_js_converged_flag_is_the_residual_against_tol():
         assert pcmi.js_optimum(inst, alpha, tol=r).converged
         assert not pcmi.js_optimum(inst, alpha, tol=r / 2).converged
 
+
+
+def test_js_objective_is_silent_where_student_and_teachers_are_zero():
+    """A rollout with S_y = 0 that no teacher reaches: the objective and gradient stay finite,
+    with no floating-point warning (log S − log m of two zeros is not evaluated as NaN)."""
+    import warnings
+    log_s = np.log([0.5, 0.5, 0.0])
+    log_T = np.log(np.array([[0.7, 0.3, 0.0], [0.2, 0.8, 0.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f, g = js_objective(log_s, np.array([0.5, 0.5]), log_T, 0.5)
+    assert np.isfinite(f) and np.all(np.isfinite(g)) and g[2] == 0.0

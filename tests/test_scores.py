@@ -81,3 +81,17 @@ def test_expected_pcmi_of_an_explicit_law_differs_from_the_default():
     assert np.allclose(s, _dense_average(inst, D)) and np.allclose(s0, _dense_average(inst, inst.log_demos))
     assert np.max(np.abs(s - s0)) > 0.1
     assert np.allclose(expected_log_teacher_leaves(inst, D), s + lb)
+
+
+def test_zero_probability_rollouts_give_minus_inf_without_a_warning():
+    """π0(y) = 0 and T(y|y') = 0: PCMI and its expectation are −inf there (not NaN, no warning)."""
+    from pcmi import Instance, KernelTeacher
+    T = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+    log_base = np.array([np.log(0.6), np.log(0.4), -np.inf])
+    inst = Instance(log_base, np.array([1, 1, 0]), KernelTeacher.from_probs(T), log_base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = expected_pcmi(inst)
+        M = pcmi_matrix(inst)
+    assert np.isneginf(s[2]) and np.isneginf(M[:, 2]).all()
+    assert np.allclose(s[:2], np.log(0.5) - np.log([0.6, 0.4]))

@@ -366,3 +366,14 @@ def test_malformed_arrays_are_refused_with_one_line(make):
     with pytest.raises(PcmiInputError) as e:
         make()
     assert "\n" not in str(e.value) and type(e.value) is PcmiInputError
+
+
+def test_copy_teacher_counts_a_demonstration_whose_weight_underflows():
+    """lam = 1: a demonstration y'_1 of weight e^−800 (0 in floating point, positive in log space)
+    gives T(y_0 | y'_1) = 0, so E_D log T(y_0 | y') = −inf, exactly as the generic stream says."""
+    from graphworld import PrefixTree
+    t = CopyTeacher(np.log([0.5, 0.5]), 1.0)
+    log_D = np.array([np.log1p(-np.exp(-800.0)), -800.0])
+    tree = PrefixTree.flat(2)
+    e = t.expected_log(log_D, tree)
+    assert np.isneginf(e[tree.leaf_node[0]]) and np.isneginf(e[tree.leaf_node[1]])
