@@ -355,15 +355,18 @@ def test_kernel_teacher_accepts_arrays_and_lists_alike():
 
 
 # --- malformed arrays: one-line PcmiInputError, never numpy's ValueError --------------------
-@pytest.mark.parametrize("make", [
-    lambda: KernelTeacher.from_probs([[0.5, 0.5], [1.0]]),
-    lambda: KernelTeacher([[0.0, -1.0], [0.0]]),
-    lambda: LatentStrategyTeacher.from_probs([0.5, 0.5], [[1.0, 0.0], [1.0]], 0.1),
-    lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), np.zeros((2, 1, 1)), 0.1),
-    lambda: CopyTeacher([0.0, "a"], 0.5),
+@pytest.mark.parametrize("make, names", [
+    (lambda: KernelTeacher.from_probs([[0.5, 0.5], [1.0]]), "teacher matrix"),
+    (lambda: KernelTeacher([[0.0, -1.0], [0.0]]), "teacher matrix"),
+    (lambda: LatentStrategyTeacher.from_probs([0.5, 0.5], [[1.0, 0.0], [1.0]], 0.1), "strategy law P_z"),
+    (lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), [[0.0, -1.0], [0.0]], 0.1), "strategy laws P_z"),
+    (lambda: LatentStrategyTeacher(np.log([0.5, 0.5]), np.zeros((2, 1, 1)), 0.1), r"strategy laws P_z .*2 dimension"),
+    (lambda: LatentStrategyTeacher([[0.0]], np.zeros((1, 1)), 0.1), r"strategy weights w .*1 dimension"),
+    (lambda: CopyTeacher([0.0, "a"], 0.5), "base policy"),
 ])
-def test_malformed_arrays_are_refused_with_one_line(make):
-    with pytest.raises(PcmiInputError) as e:
+def test_malformed_arrays_are_refused_with_one_line(make, names):
+    """The error names the input (its key words, case and all) in one line."""
+    with pytest.raises(PcmiInputError, match=names) as e:
         make()
     assert "\n" not in str(e.value) and type(e.value) is PcmiInputError
 
@@ -377,3 +380,15 @@ def test_copy_teacher_counts_a_demonstration_whose_weight_underflows():
     tree = PrefixTree.flat(2)
     e = t.expected_log(log_D, tree)
     assert np.isneginf(e[tree.leaf_node[0]]) and np.isneginf(e[tree.leaf_node[1]])
+
+
+def test_generic_stream_counts_a_demonstration_whose_weight_underflows():
+    """Kernel teacher (generic demo_classes route): a demonstration of weight e^−800 under which
+    rollout 0 has probability 0 makes E_D log T(y_0 | y') = −inf, though its weight rounds to 0."""
+    from graphworld import PrefixTree
+    from pcmi.teachers import expected_log_teacher
+    t = KernelTeacher.from_probs([[0.5, 0.5], [0.0, 1.0]])
+    log_D = np.array([np.log1p(-np.exp(-800.0)), -800.0])
+    tree = PrefixTree.flat(2)
+    e = expected_log_teacher(t, log_D, tree)[tree.leaf_node]
+    assert np.isneginf(e[0]) and e[1] == pytest.approx(np.log(0.5))
