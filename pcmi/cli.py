@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from graphworld.errors import GraphworldError
@@ -105,6 +106,9 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return _run(args)
+    except BrokenPipeError:  # the reader went away (`pcmi solve F | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except INPUT_ERRORS as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"pcmi {args.cmd}: error: {msg}", file=sys.stderr)
