@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 
 from .enumeration import is_fail
-from .errors import GraphworldError
+from .errors import GraphworldError, is_int as _is_int, is_real as _is_real
 from .policy import STOP
 
 
@@ -125,14 +125,6 @@ def require_dag(g: nx.DiGraph) -> None:
         cycle = nx.find_cycle(g)
         raise GraphworldError(f"graph has a cycle ({' -> '.join(str(e[0]) for e in cycle)} -> "
                               f"{cycle[0][0]}) where a DAG is needed")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def check_graph(g: nx.DiGraph) -> nx.DiGraph:

@@ -8,7 +8,7 @@ import networkx as nx
 import numpy as np
 from scipy.special import log_softmax
 
-from .errors import GraphworldError
+from .errors import GraphworldError, is_real as _is_real
 
 STOP = "STOP"
 
@@ -78,10 +78,6 @@ class EdgePolicy:
         what = "stop_pref" if v == STOP else f"pref of edge {u!r} -> {v!r}"
         raise GraphworldError(f"{what} / temperature is not finite (temperature {self.temperature!r}): "
                               "use a larger temperature or smaller preferences")
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _pref(g: nx.DiGraph, u, v) -> float:

@@ -80,8 +80,8 @@ def prob_of(log_p):
 
 
 def probs(logp) -> np.ndarray:
-    """exp(log p) elementwise, clipped to [0, 1]."""
-    return np.clip(np.exp(np.asarray(logp, dtype=float)), 0.0, 1.0)
+    """exp(log p) elementwise, clipped to [0, 1]: `prob_of`, always as an array."""
+    return np.asarray(prob_of(logp))
 
 
 def entropy(logp) -> float:

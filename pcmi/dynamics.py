@@ -8,7 +8,7 @@ import numpy as np
 
 from .distributions import probs
 from .errors import PcmiInputError
-from .instance import Instance, demos_from_successes
+from .instance import Instance, demos_from_successes, has_reachable_success
 from .metrics import correct_entropy, strategy_mass_entropy, strategy_masses, success
 from .policies import forward_kl_optimum, rl_optimum, sdsd_optimum
 
@@ -23,15 +23,16 @@ class Round:
     strategy_mass_entropy: float | None
 
 
-def _has_success(log_pi, reward) -> bool:
-    """π puts mass (in log space: even below the smallest double) on some correct rollout."""
-    return bool(np.isfinite(np.max(np.where(np.asarray(reward) == 1, log_pi, -np.inf))))
+def _check_n_rounds(n_rounds) -> int:
+    if isinstance(n_rounds, bool) or not isinstance(n_rounds, (int, np.integer)) or n_rounds < 0:
+        raise PcmiInputError(f"n_rounds must be a non-negative integer, got {n_rounds!r}")
+    return int(n_rounds)
 
 
 def _record(k, log_pi, inst) -> Round:
     r = inst.reward
     masses = ent = h = None
-    if _has_success(log_pi, r):
+    if has_reachable_success(log_pi, r):
         h = correct_entropy(log_pi, r)
         if inst.route is not None:
             masses = strategy_masses(log_pi, r, inst.route)
@@ -45,7 +46,7 @@ def on_policy_instance(inst: Instance, log_pi, k: int | None = None) -> Instance
         raise PcmiInputError(f"{type(inst.teacher).__name__} cannot be rebuilt from a new policy; "
                              "on-policy rounds need a latent-strategy or copy teacher")
     at = "" if k is None else f"round {k}: "
-    if not _has_success(log_pi, inst.reward):
+    if not has_reachable_success(log_pi, inst.reward):
         raise PcmiInputError(f"{at}the policy has no correct rollout with positive probability, so the next "
                              "round's demonstrations π_k(· | r = 1) are undefined")
     teacher = inst.teacher.rebuilt(log_pi)
@@ -59,7 +60,7 @@ def on_policy_instance(inst: Instance, log_pi, k: int | None = None) -> Instance
 
 def _rounds(inst: Instance, n_rounds: int, optimum) -> list[Round]:
     rounds, cur = [_record(0, inst.log_base, inst)], inst
-    for k in range(1, n_rounds + 1):
+    for k in range(1, _check_n_rounds(n_rounds) + 1):
         if k > 1:
             cur = on_policy_instance(cur, rounds[-1].log_pi, k - 1)
         rounds.append(_record(k, optimum(cur), inst))
@@ -80,7 +81,7 @@ def forward_kl_rounds(inst: Instance, n_rounds: int) -> list[Round]:
 def rl_rounds(inst: Instance, n_rounds: int, beta: float) -> list[Round]:
     """π_{k+1} ∝ π_k · exp(r / β)."""
     rounds, log_pi = [_record(0, inst.log_base, inst)], inst.log_base
-    for k in range(1, n_rounds + 1):
+    for k in range(1, _check_n_rounds(n_rounds) + 1):
         log_pi = rl_optimum(log_pi, inst.reward, beta)
         rounds.append(_record(k, log_pi, inst))
     return rounds

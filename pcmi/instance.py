@@ -8,7 +8,7 @@ from scipy.special import logsumexp
 
 from graphworld.enumeration import PrefixTree
 
-from .distributions import check_log_probs, check_probs, condition
+from .distributions import check_log_probs, check_probs, condition, prob_of
 from .errors import PcmiInputError
 
 
@@ -57,7 +57,7 @@ def check_demos_correct(log_D, reward) -> None:
     """Refuse demonstrations D that put mass on failing rollouts (r = 0)."""
     failing = np.flatnonzero((np.asarray(reward) == 0) & np.isfinite(log_D))
     if failing.size:
-        mass = float(min(1.0, np.exp(logsumexp(np.asarray(log_D)[failing]))))
+        mass = prob_of(logsumexp(np.asarray(log_D)[failing]))
         raise PcmiInputError(f"demos put mass {mass:.6g} on failing rollouts (reward 0, e.g. rollout "
                              f"{int(failing[0])}); demonstrations are meant to be correct: fix 'demos' or "
                              "'reward', or set \"allow_failing_demos\": true (allow_failing_demos=True) if intended")

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import logsumexp
 
-from .distributions import check_log_probs, condition, kl, log_normalize, prob_of
+from .distributions import check_log_probs, condition, float_array, kl, log_normalize, prob_of
 from .errors import PcmiInputError
 from .scores import expected_log_teacher_leaves, expected_pcmi
 from .teachers import expected_log_teacher, mixture_log_teacher, token_mixture_log
@@ -155,8 +155,8 @@ def forward_kl_token_optimum(inst) -> np.ndarray:
 def contrastive_score(inst, log_baseline_demos=None) -> np.ndarray:
     """s_c(y) = E_D log T(y|y') − E_B log T(y|y') on supp π0 (−inf off it). +inf where B rules y
     out and D does not; −inf where D rules y out, or both do (0/0 = no evidence for y)."""
-    log_B = inst.log_base if log_baseline_demos is None else check_log_probs(log_baseline_demos,
-                                                                              "baseline demonstrations B")
+    log_B = inst.log_base if log_baseline_demos is None else check_log_probs(
+        float_array(log_baseline_demos, "baseline demonstrations B", ndim=1), "baseline demonstrations B")
     if len(log_B) != inst.n:
         raise PcmiInputError(f"baseline demonstrations B have {len(log_B)} entries but there are {inst.n} rollouts")
     e_d = expected_log_teacher_leaves(inst)
@@ -304,9 +304,11 @@ def js_optimum(inst, alpha: float, *, tol: float = 1e-12) -> JSResult:
         raise PcmiInputError(f"alpha must be a number, got {alpha!r}") from None
     if not 0 <= alpha <= 1:
         raise PcmiInputError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 <= tol < np.inf:
+        raise PcmiInputError(f"tol must be a finite number >= 0, got {tol!r}")
     w, log_T = teacher_classes_at_leaves(inst)
     w = w / w.sum()
-    if alpha in (0.0, 1.0):
+    if alpha in (0.0, 1.0):  # closed forms: exact, so the residual is 0 by construction
         log_pi = forward_kl_optimum(inst) if alpha == 0 else sdsd_optimum(inst)
         return JSResult(log_pi, float(sum(wc * js_divergence(log_pi, lt, alpha) for wc, lt in zip(w, log_T))), 0.0)
     st = _JSStationarity(w, log_T, alpha)
@@ -336,7 +338,7 @@ def js_optimum(inst, alpha: float, *, tol: float = 1e-12) -> JSResult:
 
 def rl_success(p0, beta: float):
     """Success of π_RL ∝ π0·exp(r/β): p(β) = p0 / (p0 + (1 − p0)·exp(−1/β))."""
-    p0 = np.asarray(p0, float)
+    p0 = float_array(p0, "base success probabilities p0")
     if np.isnan(p0).any() or np.any((p0 < 0) | (p0 > 1)):
         raise PcmiInputError("base success probabilities p0 must lie in [0, 1]")
     inv_beta = 1.0 / check_beta(beta)  # may be +inf for a subnormal β
@@ -354,7 +356,11 @@ def rl_beta_for_success(p0: float, p: float) -> float:
 
 def rl_beta_for_mean_success(p0s, p: float) -> float:
     """One β for many prompts so that the mean RL success equals p (bisection on 1/β)."""
-    p0s = np.asarray(p0s, float)
+    p0s = float_array(p0s, "base success probabilities p0s", ndim=1)
+    if p0s.size == 0 or np.isnan(p0s).any() or np.any((p0s < 0) | (p0s > 1)):
+        raise PcmiInputError("base success probabilities p0s must be a non-empty list of numbers in [0, 1]")
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)):
+        raise PcmiInputError(f"target success p must be a number, got {p!r}")
     lo_p, hi_p = p0s.mean(), float(np.mean(p0s > 0))
     if not lo_p < p < hi_p:
         raise PcmiInputError(f"mean RL success ranges over ({lo_p:.6g}, {hi_p:.6g}); {p!r} is outside")

@@ -18,6 +18,7 @@ import json
 import numpy as np
 
 from graphworld import EdgePolicy, GraphworldError, Task, concept_edges, dominant_route, graph_from_node_link
+from graphworld.errors import is_int as _is_int
 from graphworld.graphs import parse_json, read_text_file
 
 from .distributions import probs
@@ -31,10 +32,6 @@ from .scores import expected_pcmi
 
 EXPLICIT_KEYS = {"base", "reward", "teacher", "demos", "beta", "route", "allow_failing_demos"}
 GRAPH_KEYS = {"graph", "source", "target", "max_len", "policy", "teacher", "beta", "demos"}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def _node(g, v, name: str):

@@ -90,13 +90,19 @@ ROWS = [
 ]
 
 
+# checks that a saved instance file (teacher as a matrix, no prefix tree) can re-run; P3, P4, P6,
+# P7 and P8 need the latent-strategy teacher itself and refuse a file with a clear error
+REPLAYABLE = {"P1", "P2", "P5", "P4_general", "P8_failures"}
+
 # check names for --check and DIR/<check>.json: the row name, except for the two tendencies
 CHECK_OF_ROW = {"P4-outside": "P4_general", "P8-failures": "P8_failures"}
 
 
 def _beta_of(data) -> float:
+    """The file's β, read exactly as `pcmi solve` reads it."""
     from .policies import check_beta
-    return check_beta(data.get("beta", 1.0) if isinstance(data, dict) else 1.0)
+    from .solve import _beta_of as file_beta
+    return check_beta(file_beta(data))
 
 
 # check name -> run(inst, parsed JSON) -> Result | None
@@ -186,7 +192,9 @@ def run_verify(examples: int = 200, seed: int = 0, as_json: bool = False, counte
         if r.counterexample:
             ce, check = r.counterexample, CHECK_OF_ROW.get(r.name, r.name)
             head = f"\n{r.name} smallest counterexample ({ce['name']}, n={ce['n']}, margin {ce['margin']!r})"
-            if r.name in files:
+            if check not in REPLAYABLE:  # the file holds T as a matrix: teacher-kind checks refuse it
+                print(f"{head}\n{json.dumps(ce['instance'])}")
+            elif r.name in files:
                 print(f"{head}: written to {files[r.name]}\n  re-run: pcmi verify --instance {files[r.name]} --check {check}")
             else:
                 print(f"{head}; save this line as FILE and re-run: pcmi verify --instance FILE --check {check}\n"

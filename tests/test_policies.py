@@ -813,3 +813,24 @@ def test_js_objective_is_silent_where_student_and_teachers_are_zero():
         warnings.simplefilter("error")
         f, g = js_objective(log_s, np.array([0.5, 0.5]), log_T, 0.5)
     assert np.isfinite(f) and np.all(np.isfinite(g)) and g[2] == 0.0
+
+
+# --- review: bad input to the public functions is one line, never a traceback ---------------
+@pytest.mark.parametrize("call, words", [
+    (lambda inst: pcmi.contrastive_optimum(inst, np.zeros((inst.n, inst.n))), "baseline demonstrations B"),
+    (lambda inst: pcmi.js_optimum(inst, 0.5, tol="x"), "tol"),
+    (lambda inst: pcmi.js_optimum(inst, 0.5, tol=-1.0), "tol"),
+    (lambda inst: pcmi.rl_success("abc", 1.0), "p0"),
+    (lambda inst: pcmi.rl_beta_for_mean_success(["a"], 0.5), "p0s"),
+    (lambda inst: pcmi.rl_beta_for_mean_success([0.2, 0.4], "0.5"), "target success p"),
+    (lambda inst: pcmi.sdsd_rounds(inst, 2.5), "n_rounds"),
+    (lambda inst: pcmi.rl_rounds(inst, "2", 1.0), "n_rounds"),
+    (lambda inst: pcmi.forward_kl_rounds(inst, -1), "n_rounds"),
+])
+def test_bad_arguments_raise_one_line_input_errors(call, words):
+    t = LatentStrategyTeacher.route_copying(np.log([0.5, 0.3, 0.2]), np.array([0, 1, 1]), 0.1)
+    inst = Instance(t.log_base, np.array([1, 1, 0]), t, demos_from_successes(t.log_base, np.array([1, 1, 0])),
+                    route=np.array([0, 1, 1]))
+    with pytest.raises(PcmiInputError, match=words) as e:
+        call(inst)
+    assert "\n" not in str(e.value)

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 
+from graphworld.graphs import parse_json, read_text_file
 from pcmi.errors import PcmiInputError
 
 #: the registered figures, in the order they are drawn (module pcmi.figures.<name>)
@@ -65,8 +66,7 @@ def read_manifest(out, overwrite: bool = False) -> dict:
     if not os.path.lexists(path):
         return {}
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = parse_json(read_text_file(path, "manifest"), path, "a manifest")
         files = data["files"] if data.get("kind") == MANIFEST_KIND else None
         if isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             return dict(files)
