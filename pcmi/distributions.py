@@ -2,11 +2,26 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .errors import PcmiInputError
 
 NORMALIZATION_TOL = 1e-6
+
+
+def logsumexp(a, axis=None, keepdims: bool = False):
+    """log Σ exp(a) over `axis` (scipy.special.logsumexp's values for real input, without its
+    per-call overhead): −inf where every term is −inf, +inf where one is +inf, NaN propagates."""
+    a = np.asarray(a, dtype=float)
+    if a.size == 0:
+        out = np.full(np.sum(a, axis=axis, keepdims=keepdims).shape, -np.inf)
+        return out if out.ndim else float(out)
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        out = np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+    return out if out.ndim else out[()]
 
 
 def safe_log(x) -> np.ndarray:

@@ -10,7 +10,7 @@ from .distributions import probs
 from .errors import PcmiInputError
 from .instance import Instance, demos_from_successes, has_reachable_success
 from .metrics import correct_entropy, strategy_mass_entropy, strategy_masses, success
-from .policies import forward_kl_optimum, rl_optimum, sdsd_optimum
+from .policies import forward_kl_optimum, rl_optimum, sdsd_optimum, sdsd_token_optimum
 
 
 @dataclass
@@ -40,8 +40,16 @@ def _record(k, log_pi, inst) -> Round:
     return Round(k, log_pi, success(log_pi, r), h, masses, ent)
 
 
-def on_policy_instance(inst: Instance, log_pi, k: int | None = None) -> Instance:
-    """Round k+1's instance: base π_k, D = π_k(· | r = 1), teacher rebuilt from π_k."""
+def on_policy_instance(inst: Instance, log_pi, k: int | None = None, teacher: str = "live") -> Instance:
+    """Round k+1's instance: D = π_k(· | r = 1) and, with teacher="live", base π_k and the teacher
+    rebuilt from π_k; with teacher="frozen", base and teacher stay π0's (only D follows the policy)."""
+    if teacher not in ("live", "frozen"):
+        raise PcmiInputError(f"teacher must be 'live' or 'frozen', got {teacher!r}")
+    if teacher == "frozen":
+        if not has_reachable_success(log_pi, inst.reward):
+            raise PcmiInputError(f"{'' if k is None else f'round {k}: '}the policy has no correct rollout with "
+                                 "positive probability, so the next round's demonstrations π_k(· | r = 1) are undefined")
+        return inst.with_demos(demos_from_successes(log_pi, inst.reward))
     if not hasattr(inst.teacher, "rebuilt"):
         raise PcmiInputError(f"{type(inst.teacher).__name__} cannot be rebuilt from a new policy; "
                              "on-policy rounds need a latent-strategy or copy teacher")
@@ -58,19 +66,28 @@ def on_policy_instance(inst: Instance, log_pi, k: int | None = None) -> Instance
                     route=inst.route, tree=inst.tree, name=inst.name)
 
 
-def _rounds(inst: Instance, n_rounds: int, optimum) -> list[Round]:
+def _rounds(inst: Instance, n_rounds: int, optimum, teacher: str = "live") -> list[Round]:
     rounds, cur = [_record(0, inst.log_base, inst)], inst
     for k in range(1, _check_n_rounds(n_rounds) + 1):
         if k > 1:
-            cur = on_policy_instance(cur, rounds[-1].log_pi, k - 1)
+            cur = on_policy_instance(cur if teacher == "live" else inst, rounds[-1].log_pi, k - 1, teacher)
         rounds.append(_record(k, optimum(cur), inst))
     return rounds
 
 
-def sdsd_rounds(inst: Instance, n_rounds: int, beta: float | None = None) -> list[Round]:
+def sdsd_rounds(inst: Instance, n_rounds: int, beta: float | None = None, *, teacher: str = "live",
+                level: str = "sequence") -> list[Round]:
     """Rounds of the SDSD optimum (beta=None) or of its tempered family (a number beta), each
-    against the previous round's teacher."""
-    return _rounds(inst, n_rounds, lambda cur: sdsd_optimum(cur, beta))
+    against the previous round's teacher (teacher="live") or π0's teacher with only D = π_k(·|r=1)
+    following the policy (teacher="frozen"). level="token": the token-level optimum π_tok instead
+    (beta must then be None) — the rounds whose limit is the fixed point of the full α = 1 mode."""
+    if level not in ("sequence", "token"):
+        raise PcmiInputError(f"level must be 'sequence' or 'token', got {level!r}")
+    if level == "token":
+        if beta is not None:
+            raise PcmiInputError("the token-level rounds have no tempered family: leave beta unset")
+        return _rounds(inst, n_rounds, sdsd_token_optimum, teacher)
+    return _rounds(inst, n_rounds, lambda cur: sdsd_optimum(cur, beta), teacher)
 
 
 def forward_kl_rounds(inst: Instance, n_rounds: int) -> list[Round]:

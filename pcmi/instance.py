@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.special import logsumexp
 
 from graphworld.enumeration import PrefixTree
 
-from .distributions import check_log_probs, check_probs, condition, prob_of
+from .distributions import check_log_probs, check_probs, condition, prob_of, logsumexp
 from .errors import PcmiInputError
 
 

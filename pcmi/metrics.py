@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
-from .distributions import condition, entropy, prob_of
+from .distributions import condition, entropy, prob_of, logsumexp
 from .errors import PcmiInputError
 
 

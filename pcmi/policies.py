@@ -5,9 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import logsumexp
 
-from .distributions import check_log_probs, condition, float_array, kl, log_normalize, prob_of
+from .distributions import check_log_probs, condition, float_array, kl, log_normalize, prob_of, logsumexp
 from .errors import PcmiInputError
 from .scores import expected_log_teacher_leaves, expected_pcmi
 from .teachers import expected_log_teacher, mixture_log_teacher, token_mixture_log

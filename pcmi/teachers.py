@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-from scipy.special import logsumexp
 
 from graphworld.enumeration import PrefixTree
 
-from .distributions import check_log_probs, check_probs, float_array, log_normalize, prob_of, safe_log
+from .distributions import check_log_probs, check_probs, float_array, log_normalize, prob_of, safe_log, logsumexp
 from .errors import PcmiInputError
 
 CHUNK = 256

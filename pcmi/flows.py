@@ -1,0 +1,173 @@
+"""Training as a flow, exactly (theory.md §9): the expected-gradient flow of a loss mode on the
+tabular policy, with on-policy demonstrations D_k = π_k(· | r = 1) and a teacher schedule, and its
+on-policy fixed points with a certificate.
+
+    flow          θ_{k+1} = θ_k − η·G_mode(θ_k; D_k, T_k), then the schedule's teacher update
+    fixed point   θ* with ‖G_mode(θ*; π*(·|r=1), T*)‖ ≤ tol, T* = the schedule's teacher at θ*
+                  (for live and EMA teachers also: the teacher's state is the student's own)
+
+The fixed point is found by damped natural-gradient rounds: every reachable prefix moves by
+θ_h ← θ_h − λ·E_D v(h)/p (the per-prefix Fisher step, `GradientReport.direction`). For full α = 1
+with λ = 1 one round is exactly the token-level optimum against the current D and teacher
+(the rounds of `pcmi.dynamics` at the token level); λ shrinks when a round does not lower ‖G‖.
+An EMA teacher moves by τ once per round. Not converging within max_rounds is an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import PcmiInputError
+from .estimators import GradientReport, expected_gradient
+from .instance import Instance, demos_from_successes, has_reachable_success
+from .metrics import ood_success, strategy_mass_entropy, success
+from .objectives import LossMode, loss_mode
+from .schedules import TeacherSchedule
+from .tabular import TabularPolicy
+
+
+class FixedPointError(PcmiInputError):
+    """The iteration did not reach a certified fixed point (one line, names the residual)."""
+
+
+def _check_count(v, name: str, low: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise PcmiInputError(f"{name} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _check_positive(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v) or v <= 0:
+        raise PcmiInputError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def schedule_of(inst: Instance, teacher="frozen", tau=None) -> TeacherSchedule:
+    return teacher if isinstance(teacher, TeacherSchedule) else TeacherSchedule(inst.teacher, teacher, tau)
+
+
+def on_policy_step(inst: Instance, policy: TabularPolicy, sched: TeacherSchedule, state, mode: LossMode,
+                   at: str = "") -> GradientReport:
+    """G_mode at the policy with D = π(· | r = 1) and the schedule's current teacher."""
+    if not has_reachable_success(policy.log_seq, inst.reward):
+        raise PcmiInputError(f"{at}the policy has no correct rollout with positive probability, so the on-policy "
+                             "demonstrations π(· | r = 1) are undefined")
+    log_D = demos_from_successes(policy.log_seq, inst.reward)
+    return expected_gradient(policy, sched.teacher(state), log_D, mode)
+
+
+@dataclass
+class FlowRecord:
+    """One step of a flow: the policy before the step and its expected gradient."""
+    step: int
+    log_pi: np.ndarray
+    success: float
+    strategy_mass_entropy: float | None
+    ood_success: float | None
+    grad_norm: float
+    loss: float
+
+
+def _record(k, inst, policy, rep, blocked) -> FlowRecord:
+    lp, r = policy.log_seq, inst.reward
+    ent = strategy_mass_entropy(lp, r, inst.route) if inst.route is not None and has_reachable_success(lp, r) else None
+    ood = ood_success(lp, r, blocked) if blocked is not None else None
+    return FlowRecord(k, lp, success(lp, r), ent, ood, rep.norm if rep is not None else float("nan"),
+                      rep.loss if rep is not None else float("nan"))
+
+
+@dataclass
+class Flow:
+    mode: LossMode
+    schedule: str
+    eta: float
+    records: list = field(default_factory=list)   # FlowRecord per step 0..n_steps (the last has no step after it)
+    policy: TabularPolicy | None = None            # π after n_steps
+    state: object = None                           # the teacher's state after n_steps
+
+    def series(self, name: str) -> list:
+        return [getattr(r, name) for r in self.records]
+
+
+def expected_gradient_flow(inst: Instance, mode=LossMode(), teacher="frozen", tau=None, *, eta: float = 1.0,
+                           n_steps: int = 100, blocked=None, start: TabularPolicy | None = None) -> Flow:
+    """N steps of θ ← θ − η·G_mode(θ; π(·|r=1), T_k) from π0 (or `start`), the teacher following
+    its schedule after each step; records success, strategy-mass entropy, OOD success (with the
+    `blocked` rollout mask), ‖G‖ and the loss before every step and after the last."""
+    mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
+    eta, n_steps = _check_positive(eta, "eta"), _check_count(n_steps, "n_steps")
+    policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    state = sched.state0
+    flow = Flow(mode, sched.label, eta)
+    for k in range(n_steps + 1):
+        rep = on_policy_step(inst, policy, sched, state, mode, f"step {k}: ")
+        flow.records.append(_record(k, inst, policy, rep, blocked))
+        if k == n_steps:
+            break
+        policy = policy.with_theta(policy.theta - eta * rep.grad)
+        state = sched.update(state, policy.log_seq)
+    flow.policy, flow.state = policy, state
+    return flow
+
+
+@dataclass
+class FixedPoint:
+    """A certified on-policy fixed point: grad_norm = ‖G_mode‖ there, teacher_gap = how far the
+    teacher's state is from the student's own (0 for frozen)."""
+    mode: LossMode
+    schedule: str
+    policy: TabularPolicy
+    grad_norm: float
+    teacher_gap: float
+    rounds: int
+    tol: float
+    state: object = None
+
+    @property
+    def log_pi(self) -> np.ndarray:
+        return self.policy.log_seq
+
+    def certificate(self) -> dict:
+        return {"grad_norm": self.grad_norm, "teacher_gap": self.teacher_gap, "tol": self.tol,
+                "rounds": self.rounds, "certified": bool(self.grad_norm <= self.tol and self.teacher_gap <= self.tol)}
+
+
+def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau=None, *, tol: float = 1e-10,
+                          max_rounds: int = 20000, start: TabularPolicy | None = None, state=None) -> FixedPoint:
+    """The on-policy fixed point reached from π0 (or from `start` with teacher state `state`) by
+    damped natural-gradient rounds; raises FixedPointError when max_rounds pass without
+    ‖G‖ ≤ tol (and, for live and EMA teachers, the teacher's state within tol of the student's)."""
+    mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
+    tol, max_rounds = _check_positive(tol, "tol"), _check_count(max_rounds, "max_rounds", 1)
+    policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    state = sched.state0 if state is None else state
+    lam, best = 1.0, np.inf
+    rep = on_policy_step(inst, policy, sched, state, mode)
+    for k in range(max_rounds + 1):
+        norm, gap = rep.norm, sched.gap(state, policy.log_seq)
+        if norm <= tol and gap <= tol:
+            return FixedPoint(mode, sched.label, policy, norm, gap, k, tol, state)
+        if k == max_rounds:
+            break
+        move = np.where(np.isfinite(policy.log_prefix[np.r_[0, inst.tree.parent[1:]]]), rep.direction, 0.0)
+        while True:
+            cand = policy.with_theta(policy.theta - lam * move)
+            cand_state = sched.update(state, cand.log_seq)
+            try:
+                cand_rep = on_policy_step(inst, cand, sched, cand_state, mode)
+            except PcmiInputError:
+                cand_rep = None
+            if cand_rep is not None and (cand_rep.norm <= 1.5 * norm or lam < 1e-6):
+                break
+            lam *= 0.5
+            if lam < 1e-12:
+                raise FixedPointError(f"{mode.label} with a {sched.label} teacher: no step lowers the gradient "
+                                      f"norm {norm:.3g} (round {k})")
+        grew = cand_rep.norm > norm
+        policy, state, rep = cand, cand_state, cand_rep
+        lam = min(1.0, lam * (0.5 if grew else 2.0))
+        best = min(best, rep.norm)
+    raise FixedPointError(f"{mode.label} with a {sched.label} teacher did not reach a fixed point in {max_rounds} "
+                          f"rounds: gradient norm {rep.norm:.3g} (best {best:.3g}), teacher gap "
+                          f"{sched.gap(state, policy.log_seq):.3g}, tol {tol:g}")
