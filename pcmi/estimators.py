@@ -61,24 +61,45 @@ def _infinite(mode: LossMode, n: int, why: str) -> PcmiInputError:
     return PcmiInputError(f"the {mode.label} loss is infinite at {n} prefix(es) the student reaches: {why}")
 
 
-def _teacher_conditionals(policy: TabularPolicy, log_T: np.ndarray, w: np.ndarray, mode: LossMode):
+def _teacher_conditionals(policy: TabularPolicy, log_T: np.ndarray, w: np.ndarray, mode: LossMode, internal_reached):
     """log T(a | h, y') at every node (B, N); refuses a prefix the student reaches that a
     demonstration of positive weight rules out (T(h | y') = 0: its next-token law is undefined)."""
-    tree = policy.tree
-    par = tree.parent[1:]
-    reached = np.isfinite(policy.log_prefix)
-    ruled_out = np.isneginf(log_T) & reached[None, :] & (w[:, None] > 0)
-    internal = np.zeros(tree.n_nodes, bool)
-    internal[policy.sib.internal] = True
-    bad = ruled_out & internal[None, :]
+    par = policy.tree.parent[1:]
+    bad = np.isneginf(log_T[:, internal_reached])
     if bad.any():
         raise _infinite(mode, int(bad.any(axis=0).sum()), "a demonstration's teacher gives the prefix probability 0 "
                         "(T(h | y') = 0, e.g. eps = 0 with several strategies), so its next-token law is undefined")
-    log_q = np.zeros_like(log_T)
+    log_q = np.empty_like(log_T)
+    log_q[:, 0] = 0.0
+    lt_par = log_T[:, par]
     with np.errstate(invalid="ignore"):
-        c = log_T[:, 1:] - log_T[:, par]
-    log_q[:, 1:] = np.where(np.isfinite(log_T[:, par]), c, policy.log_cond[None, 1:])
+        log_q[:, 1:] = log_T[:, 1:] - lt_par
+    fix = ~np.isfinite(lt_par)
+    if fix.any():  # below a prefix the teacher rules out (never reached by the student): any law will do
+        log_q[:, 1:] = np.where(fix, policy.log_cond[None, 1:], log_q[:, 1:])
     return log_q
+
+
+#: demonstration classes are processed in batches of at most this many (class × node) entries
+BATCH_ENTRIES = 1 << 22
+
+
+def _class_batches(teacher, log_D, tree):
+    """(w (B,), log T (B, N)) of the demonstration classes with positive weight, in batches."""
+    ws, rows, size = [], [], 0
+    for log_w, log_T in teacher.demo_classes(log_D, tree):
+        w = prob_of(np.asarray(log_w, float))
+        keep = w > 0
+        if not keep.any():
+            continue
+        ws.append(w[keep])
+        rows.append(np.asarray(log_T, float)[keep])
+        size += rows[-1].size
+        if size >= BATCH_ENTRIES:
+            yield np.concatenate(ws), np.concatenate(rows)
+            ws, rows, size = [], [], 0
+    if ws:
+        yield np.concatenate(ws), np.concatenate(rows)
 
 
 def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
@@ -91,7 +112,7 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
     in_k = np.ones((1, N), bool)
     if mode.kind == "topk":
         key = lp if mode.topk_of == "student" else log_q
-        in_k = sib.rank(key) < mode.topk
+        in_k = sib.top_k(key, mode.topk)
     in_k = np.broadcast_to(in_k, (B, N)).copy()
     in_k[:, 0] = False
     ninf = -np.inf
@@ -178,55 +199,66 @@ def _sequence_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
 def expected_gradient(policy: TabularPolicy, teacher, log_D, mode=LossMode()) -> GradientReport:
     """G = E_{y∼π_θ, y'∼D} g_mode(y, y'; θ) exactly, with the per-logit second moments and the
     expected loss; teacher is any `pcmi.teachers` teacher on policy.tree, log_D (n,) over rollouts."""
-    mode = loss_mode(mode)
+    return expected_gradients(policy, teacher, log_D, [mode])[0]
+
+
+def expected_gradients(policy: TabularPolicy, teacher, log_D, modes) -> list[GradientReport]:
+    """`expected_gradient` for several modes at once (the teacher's conditionals are computed once)."""
+    modes = [loss_mode(m) for m in modes]
     tree, sib = policy.tree, policy.sib
     log_D = np.asarray(log_D, float)
     if log_D.shape != (tree.n_leaves,):
         raise PcmiInputError(f"demonstrations D have {log_D.size} entries but the tree has {tree.n_leaves} rollouts")
     mu = policy.reach
+    parent0 = np.r_[0, tree.parent[1:]]
     mu_par = np.r_[0.0, mu[tree.parent[1:]]]
     mu_seg = mu[sib.internal]
+    live = np.isfinite(policy.log_prefix[sib.internal])        # internal prefixes the student reaches
+    reached = np.isfinite(policy.log_prefix[parent0])[None, :]  # nodes whose prefix the student reaches
+    reached[:, 0] = False
+    all_reached = bool(reached[:, 1:].all())
     N = tree.n_nodes
-    grad, diag, nat = np.zeros(N), np.zeros(N), np.zeros(N)
-    loss, w_total = 0.0, 0.0
-    vbar = np.zeros(N) if mode.kind == "sequence" else None
-    for log_w, log_T in teacher.demo_classes(log_D, tree):
-        w = prob_of(np.asarray(log_w, float))
-        keep = w > 0
-        if not keep.any():
-            continue
-        w, log_T = w[keep], np.asarray(log_T, float)[keep]
-        log_q = _teacher_conditionals(policy, log_T, w, mode)
-        if mode.kind == "sequence":
-            v, u, dg, V = _sequence_blocks(policy, log_q, mode)
-            if np.isinf(V[:, 0]).any():
-                raise _infinite(mode, int(np.isinf(V[:, sib.internal]).any(axis=0).sum()),
-                                "the teacher gives probability 0 to a token the student emits (reverse KL)")
-            loss += float(w @ V[:, 0])
-            vbar += w @ V
-        else:
-            v, u, dg, seg_div, undefined = _per_token_blocks(policy, log_q, mode)
-            live = np.isfinite(policy.log_prefix[sib.internal])
-            bad = (np.isinf(seg_div) | undefined) & live[None, :]
-            if bad.any():
-                why = ("the teacher gives its top-k tokens no mass the student shares" if undefined.any()
-                       else "the teacher gives probability 0 to a token the student emits (reverse KL), or the "
-                            "student to a token the teacher emits (forward KL)")
-                raise _infinite(mode, int(bad.any(axis=0).sum()), why)
-            loss += float(w @ np.where(live[None, :], seg_div, 0.0) @ mu_seg)
+    acc = [dict(grad=np.zeros(N), diag=np.zeros(N), nat=np.zeros(N), loss=0.0,
+                vbar=np.zeros(N) if m.kind == "sequence" else None) for m in modes]
+    w_total = 0.0
+    for w, log_T in _class_batches(teacher, log_D, tree):
         w_total += float(w.sum())
-        # below a prefix the student never reaches nothing counts (its values may be undefined there)
-        reached = np.isfinite(policy.log_prefix[np.r_[0, tree.parent[1:]]])[None, :]
-        v, dg, u = (np.where(reached, x, 0.0) for x in (v, dg, u))
-        grad += mu_par * (w @ v)
-        diag += mu_par * (w @ dg)
-        nat += w @ u
+        log_q = None
+        for mode, a in zip(modes, acc):
+            if log_q is None:
+                log_q = _teacher_conditionals(policy, log_T, w, mode, sib.internal[live])
+            if mode.kind == "sequence":
+                v, u, dg, V = _sequence_blocks(policy, log_q, mode)
+                if np.isinf(V[:, 0]).any():
+                    raise _infinite(mode, int(np.isinf(V[:, sib.internal]).any(axis=0).sum()),
+                                    "the teacher gives probability 0 to a token the student emits (reverse KL)")
+                a["loss"] += float(w @ V[:, 0])
+                a["vbar"] += w @ V
+            else:
+                v, u, dg, seg_div, undefined = _per_token_blocks(policy, log_q, mode)
+                bad = (np.isinf(seg_div) | undefined) & live[None, :]
+                if bad.any():
+                    why = ("the teacher gives its top-k tokens no mass the student shares" if undefined.any()
+                           else "the teacher gives probability 0 to a token the student emits (reverse KL), or the "
+                                "student to a token the teacher emits (forward KL)")
+                    raise _infinite(mode, int(bad.any(axis=0).sum()), why)
+                a["loss"] += float(w @ np.where(live[None, :], seg_div, 0.0) @ mu_seg)
+            if not all_reached:  # below a prefix the student never reaches nothing counts (values may be undefined)
+                v, dg, u = (np.where(reached, x, 0.0) for x in (v, dg, u))
+            a["grad"] += mu_par * (w @ v)
+            a["diag"] += mu_par * (w @ dg)
+            a["nat"] += w @ u
     if w_total <= 0:
         raise PcmiInputError("the demonstrations D have no mass: the loss needs at least one demonstration")
     # D sums to 1 up to rounding: no renormalization, so the gradient is that of the stated loss
-    grad[0] = diag[0] = nat[0] = 0.0
-    grad[~np.isfinite(policy.theta)] = 0.0
-    return GradientReport(mode, grad, diag, loss, nat, vbar)
+    masked = ~np.isfinite(policy.theta)
+    out = []
+    for mode, a in zip(modes, acc):
+        for k in ("grad", "diag", "nat"):
+            a[k][0] = 0.0
+        a["grad"][masked] = 0.0
+        out.append(GradientReport(mode, a["grad"], a["diag"], a["loss"], a["nat"], a["vbar"]))
+    return out
 
 
 def sequence_gradient(policy: TabularPolicy, teacher, log_D) -> np.ndarray:
@@ -263,9 +295,7 @@ def gradient_bias(grad, reference, siblings: Siblings) -> Bias:
 
 def all_modes_report(policy: TabularPolicy, teacher, log_D, modes) -> dict:
     """{mode label: {"report": GradientReport, "bias": Bias}} against the sequence-level gradient."""
-    ref = sequence_gradient(policy, teacher, log_D)
-    out = {}
-    for m in modes:
-        rep = expected_gradient(policy, teacher, log_D, m)
-        out[loss_mode(m).label] = {"report": rep, "bias": gradient_bias(rep.grad, ref, policy.sib)}
-    return out
+    modes = [loss_mode(m) for m in modes]
+    reps = expected_gradients(policy, teacher, log_D, [LossMode("sequence")] + modes)
+    ref = reps[0].grad
+    return {m.label: {"report": rep, "bias": gradient_bias(rep.grad, ref, policy.sib)} for m, rep in zip(modes, reps[1:])}

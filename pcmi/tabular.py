@@ -32,6 +32,8 @@ class Siblings:
         sizes = np.diff(np.r_[self.starts, len(self.order)])
         self.segment[self.order] = np.repeat(np.arange(len(self.starts)), sizes)
         self.size = sizes
+        #: children already numbered parent by parent (as the enumeration makes them): no gather needed
+        self.contiguous = bool(np.array_equal(self.order, child))
 
     def by_depth(self, tree: PrefixTree) -> list[tuple]:
         """Per depth d, deepest first: (internal nodes at depth d, their children concatenated,
@@ -51,14 +53,15 @@ class Siblings:
     def n_segments(self) -> int:
         return len(self.starts)
 
+    def _children(self, x):
+        return x[..., 1:] if self.contiguous else x[..., self.order]
+
     def sum(self, x) -> np.ndarray:
         """Σ over the children of each internal node: (..., N) → (..., S)."""
-        x = np.asarray(x, float)
-        return np.add.reduceat(x[..., self.order], self.starts, axis=-1)
+        return np.add.reduceat(self._children(np.asarray(x, float)), self.starts, axis=-1)
 
     def max(self, x) -> np.ndarray:
-        x = np.asarray(x, float)
-        return np.maximum.reduceat(x[..., self.order], self.starts, axis=-1)
+        return np.maximum.reduceat(self._children(np.asarray(x, float)), self.starts, axis=-1)
 
     def logsumexp(self, x) -> np.ndarray:
         """log Σ_children exp(x): (..., N) → (..., S); −inf where every child is −inf."""
@@ -71,8 +74,41 @@ class Siblings:
     def spread(self, seg) -> np.ndarray:
         """A segment value on each of its children: (..., S) → (..., N); the root gets 0."""
         seg = np.asarray(seg, float)
+        if self.contiguous:
+            out = np.empty(seg.shape[:-1] + (len(self.segment),))
+            out[..., 0] = 0.0
+            out[..., 1:] = np.repeat(seg, self.size, axis=-1)
+            return out
         out = seg[..., np.maximum(self.segment, 0)]
         out[..., 0] = 0.0
+        return out
+
+    def top_k(self, key, k: int) -> np.ndarray:
+        """Mask of the k children with the largest key in every segment (ties: lower node index
+        first, as `rank`); key (..., N) → bool (..., N), the root False."""
+        key = np.asarray(key, float)
+        out = np.zeros(key.shape, bool)
+        if len(self.size) == 0:
+            return out
+        if k >= self.size.max():
+            out[..., 1:] = True
+            return out
+        if k > 8:
+            out = self.rank(key) < k
+            out[..., 0] = False
+            return out
+        idx = np.broadcast_to(np.arange(key.shape[-1], dtype=float), key.shape)
+        big = float(key.shape[-1])
+        cur = key.copy()
+        cur[..., 0] = -np.inf
+        for _ in range(k):  # pick each segment's largest remaining key, lowest index among ties
+            m = self.spread(self.max(cur))
+            cand = (cur == m) & ~out
+            cand[..., 0] = False
+            first = self.spread(np.minimum.reduceat(self._children(np.where(cand, idx, big)), self.starts, axis=-1))
+            pick = cand & (idx == first)
+            out |= pick
+            cur = np.where(pick, -np.inf, cur)
         return out
 
     def rank(self, key) -> np.ndarray:

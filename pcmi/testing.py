@@ -215,3 +215,64 @@ def extreme_instances(draw, max_n: int = 6, trees: bool = True, kinds=("latent",
         log_D[pick] = -np.log(len(pick))
     tree = draw(prefix_trees(n)) if trees else None
     return Instance(log_base, r, t, log_D, route=route, tree=tree)
+
+
+# --- tabular policies on prefix trees (pcmi.tabular, pcmi.estimators) -------------------------
+
+# |θ| ≤ 4 on a 1/8 grid: exact ties among siblings happen (top-k tie-breaking is exercised), near-ties
+# closer than one grid step never do, so a top-k set cannot depend on the last bit of a log-softmax
+grid_logit = st.integers(-32, 32).map(lambda i: i / 8)
+
+
+def children_of(tree) -> dict:
+    """{internal node: [its children in node order]} by a plain loop over parent[]."""
+    kids: dict = {}
+    for c in range(1, tree.n_nodes):
+        kids.setdefault(int(tree.parent[c]), []).append(c)
+    return kids
+
+
+@st.composite
+def tree_logits(draw, tree, masked: bool = False, logit=grid_logit):
+    """θ (one logit per tree node, root 0) for a tabular policy on `tree`. With masked=True some
+    tokens are masked (−inf), at least one finite token left at every internal node."""
+    theta = np.r_[0.0, draw(st.lists(logit, min_size=tree.n_nodes - 1, max_size=tree.n_nodes - 1))]
+    if masked:
+        for kids in children_of(tree).values():
+            if len(kids) > 1:
+                keep = draw(st.sampled_from(kids))
+                for c in kids:
+                    if c != keep and draw(st.integers(0, 3)) == 0:
+                        theta[c] = -np.inf
+    return theta
+
+
+@st.composite
+def tree_instances(draw, extreme: bool = False, max_n: int = 6):
+    """An Instance on a random prefix tree: `explicit_instances()` (full-support teachers, every
+    loss finite) moved onto a drawn tree, or with extreme=True `extreme_instances()` (zeros,
+    1e-300 masses, eps and lam in {0, 1}: losses may be infinite)."""
+    if extreme:
+        return draw(extreme_instances(max_n=max_n))
+    from dataclasses import replace
+    inst = draw(explicit_instances())
+    return replace(inst, tree=draw(prefix_trees(inst.n)))
+
+
+@st.composite
+def tabular_policies(draw, inst, masked: bool = False, base=None, logit=grid_logit):
+    """A TabularPolicy on inst.tree: θ = the conditionals of log π0 (base=True), drawn logits
+    (base=False; with masked tokens if masked=True), or either (base=None)."""
+    from .tabular import TabularPolicy
+    if base is None:
+        base = draw(st.booleans())
+    if base:
+        return TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    return TabularPolicy(inst.tree, draw(tree_logits(inst.tree, masked=masked, logit=logit)))
+
+
+@st.composite
+def tabular_problems(draw, extreme: bool = False, masked: bool = False, base=None, max_n: int = 6):
+    """(inst, policy): an instance on a prefix tree with a tabular student policy on it."""
+    inst = draw(tree_instances(extreme=extreme, max_n=max_n))
+    return inst, draw(tabular_policies(inst, masked=masked, base=base))
