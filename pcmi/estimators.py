@@ -40,8 +40,10 @@ class GradientReport:
     grad: np.ndarray            # G = E g, ∂/∂θ[c] for every node c
     second_moment: np.ndarray   # E g_c² per logit
     loss: float                 # the mode's expected loss (sequence: E_D KL(π ‖ T(·|y')))
-    direction: np.ndarray       # per-prefix natural step E_D v(h)/p (G without the μ(h)·p factor)
+    direction: np.ndarray       # per-prefix natural step E_D v(h)/p: G without the μ(h)·p factor (topk without
+                                # the tail: v/p̃, the Fisher step of the renormalized law on the top-k set)
     future_kl: np.ndarray | None = None  # sequence only: V̄(h) = E_D KL(π(·|h) ‖ T(·|h, y')) per node
+                                          # (0 below prefixes the student never reaches)
 
     @property
     def norm(self) -> float:
@@ -145,19 +147,20 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
         seg_div = sib.sum(terms)
         undefined = np.zeros(seg_div.shape, bool)
     pe = np.exp(le)
-    with np.errstate(invalid="ignore"):
+    on = np.isfinite(le)
+    with np.errstate(invalid="ignore", over="ignore"):
         cbar = sib.sum(np.where(pe > 0, pe * coef, 0.0))
         u = coef - sib.spread(cbar)
         v = np.where(pe > 0, pe * u, 0.0)
-        ratio = np.where(pe > 0, np.exp(le - lp), 0.0)   # p_eff / p: 1, or 1/P_K without the tail
-        nat = ratio * np.where(pe > 0, u, 0.0)
+        nat = np.where(on & np.isfinite(u), u, 0.0)  # v / p_eff: the Fisher step of the law the loss sees
     if mode.kind in ("sampled", "sampled-baseline"):
         ell = coef  # log p/q on supp p
-        if mode.kind == "sampled-baseline":
-            ell = ell - sib.spread(seg_div)
-        m = np.where(p > 0, ell ** 2, 0.0)
-        pm = sib.spread(sib.sum(np.where(p > 0, p * m, 0.0)))
-        diag = np.where(p > 0, p * m * (1 - 2 * p), 0.0) + p ** 2 * pm
+        with np.errstate(invalid="ignore", over="ignore"):
+            if mode.kind == "sampled-baseline":
+                ell = ell - sib.spread(seg_div)
+            m = np.where(p > 0, ell ** 2, 0.0)
+            pm = sib.spread(sib.sum(np.where(p > 0, p * m, 0.0)))
+            diag = np.where(p > 0, p * m * (1 - 2 * p), 0.0) + p ** 2 * pm
     else:
         diag = v ** 2
     return v, nat, diag, seg_div, undefined
@@ -169,12 +172,16 @@ def _sequence_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
     sib, tree = policy.sib, policy.tree
     lp = policy.log_cond[None, :]
     p = np.exp(lp)
-    on = p > 0
+    on = np.isfinite(lp)  # p > 0, even where exp underflows
     with np.errstate(invalid="ignore"):
         ell = np.where(on, lp - log_q, 0.0)
     B, N = log_q.shape
     V, S2 = np.zeros((B, N)), np.zeros((B, N))
     reach = np.isfinite(policy.log_prefix)
+    ell[:, 0] = 0.0
+    if np.any(np.isposinf(ell) & reach[None, :]):
+        raise _infinite(mode, int((np.isposinf(ell) & reach[None, :]).any(axis=0).sum()),
+                        "the teacher gives probability 0 to a token the student emits (reverse KL)")
     for nodes, kids, first in sib.by_depth(tree):
         pk, lk = p[:, kids], ell[:, kids]
         with np.errstate(invalid="ignore", over="ignore"):

@@ -107,16 +107,19 @@ def divergence_terms(log_p, log_q, alpha: float):
       α = 0: terms = q log(q/p),                      coef = −q/p
       else : terms = α q log(q/m) + (1−α) p log(p/m), coef = (1−α) log(p/m)
     0·log 0 = 0; a term is +inf where the divergence is infinite (p > 0 = q for reverse KL,
-    q > 0 = p for forward KL); coef is 0 where p = 0 (it is always multiplied by p)."""
+    q > 0 = p for forward KL); coef is 0 where p = 0 (it is always multiplied by p). A finite log p counts as p > 0 even where
+    exp(log p) underflows."""
     log_p, log_q = np.broadcast_arrays(np.asarray(log_p, float), np.asarray(log_q, float))
     p, q = np.exp(log_p), np.exp(log_q)
     on_p, on_q = np.isfinite(log_p), np.isfinite(log_q)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # a finite log-probability is a positive probability even where its exp underflows to 0:
+        # against a zero of the other law its term is +inf, not 0·∞
         if alpha == 1:
-            terms = np.where(on_p, p * (log_p - log_q), 0.0)
+            terms = np.where(on_p, np.where(on_q, p * (log_p - log_q), np.inf), 0.0)
             coef = np.where(on_p, log_p - log_q, 0.0)
         elif alpha == 0:
-            terms = np.where(on_q, q * (log_q - log_p), 0.0)
+            terms = np.where(on_q, np.where(on_p, q * (log_q - log_p), np.inf), 0.0)
             coef = np.where(on_p, -np.exp(log_q - log_p), 0.0)
         else:
             log_m = np.logaddexp(np.log1p(-alpha) + log_p, np.log(alpha) + log_q)
