@@ -277,14 +277,19 @@ def sequence_gradient(policy: TabularPolicy, teacher, log_D) -> np.ndarray:
 class Bias:
     """G_mode against the sequence-level gradient G_seq: in total and per prefix (segments of
     `Siblings`). Cosine of two zero vectors is 1, of one zero vector 0; the norm ratio of two zero
-    vectors is 1, of a nonzero over a zero vector +inf."""
+    vectors is 1, of a nonzero over a zero vector +inf. A norm ≤ ZERO_NORM counts as zero."""
     cosine: float
     norm_ratio: float
     prefix_cosine: np.ndarray
     prefix_norm_ratio: np.ndarray
 
 
+#: a gradient (block) whose norm is below this counts as zero in `gradient_bias` (rounding noise)
+ZERO_NORM = 1e-14
+
+
 def _cos_ratio(a_dot_b, na, nb):
+    na, nb = np.where(na > ZERO_NORM, na, 0.0), np.where(nb > ZERO_NORM, nb, 0.0)
     both = (na > 0) & (nb > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(both, a_dot_b / np.where(both, na * nb, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))

@@ -9,8 +9,15 @@ on-policy fixed points with a certificate.
 The fixed point is found by damped natural-gradient rounds: every reachable prefix moves by
 θ_h ← θ_h − λ·E_D v(h)/p (the per-prefix Fisher step, `GradientReport.direction`). For full α = 1
 with λ = 1 one round is exactly the token-level optimum against the current D and teacher
-(the rounds of `pcmi.dynamics` at the token level); λ shrinks when a round does not lower ‖G‖.
+(the rounds of `pcmi.dynamics` at the token level); λ halves when the rounds stall (a 2-cycle).
 An EMA teacher moves by τ once per round. Not converging within max_rounds is an error.
+
+The certificate: ‖G‖ ≤ tol, the teacher's state within tol of the student's (live, EMA), and one
+full natural round (λ = 1, no trust region) from the point moves the sequence law by at most tol in total variation
+(`step_tv`). The last condition is needed because G = μ(h)·p ⊙ u vanishes with the mass: a rare
+success or a point a hair from a vertex has ‖G‖ ≤ tol while the rounds would still move it. At a
+collapse vertex (a fixed point at infinity in logit space) the natural step stays O(1)
+(`natural_residual`) but moves only the vanishing mass, so `step_tv` is ≤ tol there.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 from .errors import PcmiInputError
 from .estimators import GradientReport, expected_gradient
 from .instance import Instance, demos_from_successes, has_reachable_success
+from .distributions import total_variation
 from .metrics import ood_success, strategy_mass_entropy, success
 from .objectives import LossMode, loss_mode
 from .schedules import TeacherSchedule
@@ -123,6 +131,9 @@ class FixedPoint:
     rounds: int
     tol: float
     state: object = None
+    natural_residual: float = 0.0  # size of the next natural round: > 0 at a fixed point on the simplex's boundary
+    step_tv: float = 0.0           # TV between π* and one full natural round from it (≤ tol when certified)
+
 
     @property
     def log_pi(self) -> np.ndarray:
@@ -130,44 +141,82 @@ class FixedPoint:
 
     def certificate(self) -> dict:
         return {"grad_norm": self.grad_norm, "teacher_gap": self.teacher_gap, "tol": self.tol,
-                "rounds": self.rounds, "certified": bool(self.grad_norm <= self.tol and self.teacher_gap <= self.tol)}
+                "rounds": self.rounds, "natural_residual": self.natural_residual, "step_tv": self.step_tv,
+                "certified": bool(self.grad_norm <= self.tol and self.teacher_gap <= self.tol
+                                  and self.step_tv <= self.tol)}
+
+
+#: largest move of one logit in one round (a trust region: the natural step of forward KL is q̄/p)
+MAX_STEP = 4.0
+#: rounds without a new smallest ‖G‖ before the step λ is halved (damping a 2-cycle of the rounds)
+PATIENCE = 40
+
+
+def natural_residual(policy: TabularPolicy, rep: GradientReport) -> float:
+    """max over prefixes the student reaches of |E_D v(h)/p|: the size of the next natural round
+    (large while mass is still leaving a token, e.g. on the way to a vertex)."""
+    reached = np.isfinite(policy.log_prefix[np.r_[0, policy.tree.parent[1:]]])
+    reached[0] = False
+    return float(np.max(np.abs(rep.direction[reached]), initial=0.0))
 
 
 def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau=None, *, tol: float = 1e-10,
                           max_rounds: int = 20000, start: TabularPolicy | None = None, state=None) -> FixedPoint:
     """The on-policy fixed point reached from π0 (or from `start` with teacher state `state`) by
-    damped natural-gradient rounds; raises FixedPointError when max_rounds pass without
-    ‖G‖ ≤ tol (and, for live and EMA teachers, the teacher's state within tol of the student's)."""
+    natural-gradient rounds θ_h ← θ_h − λ·E_D v(h)/p on every reachable prefix (each logit moved
+    by at most MAX_STEP; λ = 1 is the token-level optimum round for full α = 1; λ halves when PATIENCE
+    rounds pass without a new smallest ‖G‖). For top-k without the tail the step has mean 0 over the
+    top-k set, as the gradient has, so the mass outside it is conserved as under the flow.
+    Raises FixedPointError when max_rounds pass without ‖G‖ ≤ tol (and, for live and EMA teachers,
+    the teacher's state within tol of the student's)."""
     mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
     tol, max_rounds = _check_positive(tol, "tol"), _check_count(max_rounds, "max_rounds", 1)
     policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
     state = sched.state0 if state is None else state
-    lam, best = 1.0, np.inf
-    rep = on_policy_step(inst, policy, sched, state, mode)
+    reached_par = np.r_[0, inst.tree.parent[1:]]
+    lam, best, since = 1.0, np.inf, 0
     for k in range(max_rounds + 1):
+        rep = on_policy_step(inst, policy, sched, state, mode, f"round {k}: ")
         norm, gap = rep.norm, sched.gap(state, policy.log_seq)
         if norm <= tol and gap <= tol:
-            return FixedPoint(mode, sched.label, policy, norm, gap, k, tol, state)
+            # ‖G‖ vanishes with the mass near the boundary: certify only if a full natural round
+            # would not move the sequence law either (it does at a rare success, not at a vertex)
+            step_tv = total_variation(policy.log_seq, policy.with_theta(
+                policy.theta - _natural_move(policy, rep, mode, 1.0, reached_par, clip=False)).log_seq)
+            if step_tv <= tol:
+                return FixedPoint(mode, sched.label, policy, norm, gap, k, tol, state,
+                                  natural_residual(policy, rep), step_tv)
         if k == max_rounds:
             break
-        move = np.where(np.isfinite(policy.log_prefix[np.r_[0, inst.tree.parent[1:]]]), rep.direction, 0.0)
-        while True:
-            cand = policy.with_theta(policy.theta - lam * move)
-            cand_state = sched.update(state, cand.log_seq)
-            try:
-                cand_rep = on_policy_step(inst, cand, sched, cand_state, mode)
-            except PcmiInputError:
-                cand_rep = None
-            if cand_rep is not None and (cand_rep.norm <= 1.5 * norm or lam < 1e-6):
-                break
-            lam *= 0.5
-            if lam < 1e-12:
-                raise FixedPointError(f"{mode.label} with a {sched.label} teacher: no step lowers the gradient "
-                                      f"norm {norm:.3g} (round {k})")
-        grew = cand_rep.norm > norm
-        policy, state, rep = cand, cand_state, cand_rep
-        lam = min(1.0, lam * (0.5 if grew else 2.0))
-        best = min(best, rep.norm)
+        if norm < best:
+            best, since = norm, 0
+        else:
+            since += 1
+            if since >= PATIENCE and lam > 1 / 1024:
+                lam, since, best = lam / 2, 0, norm
+        policy = policy.with_theta(policy.theta - _natural_move(policy, rep, mode, lam, reached_par))
+        state = sched.update(state, policy.log_seq)
     raise FixedPointError(f"{mode.label} with a {sched.label} teacher did not reach a fixed point in {max_rounds} "
-                          f"rounds: gradient norm {rep.norm:.3g} (best {best:.3g}), teacher gap "
-                          f"{sched.gap(state, policy.log_seq):.3g}, tol {tol:g}")
+                          f"rounds: gradient norm {norm:.3g}, teacher gap {gap:.3g}, tol {tol:g}")
+
+
+def _natural_move(policy: TabularPolicy, rep: GradientReport, mode: LossMode, lam: float, reached_par,
+                  clip: bool = True):
+    """λ·E_D v/p on the prefixes the student reaches, each logit moved by at most MAX_STEP (clip)."""
+    move = lam * rep.direction
+    if mode.kind == "topk" and not mode.tail:
+        move = _mean_zero_on_topk(policy, rep, move, mode)
+    if clip:
+        move = np.clip(move, -MAX_STEP, MAX_STEP)
+    return np.where(np.isfinite(policy.log_prefix[reached_par]), move, 0.0)
+
+
+def _mean_zero_on_topk(policy: TabularPolicy, rep: GradientReport, move, mode: LossMode):
+    """The step minus its mean over the nonzero entries of each prefix (the top-k set it acts on)."""
+    sib = policy.sib
+    on = (rep.direction != 0).astype(float)
+    on[0] = 0.0
+    cnt = sib.sum(on)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, sib.sum(move * on) / np.where(cnt > 0, cnt, 1.0), 0.0)
+    return np.where(on > 0, move - sib.spread(mean), move)

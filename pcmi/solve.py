@@ -10,6 +10,11 @@ Graph:    {"graph": <node-link>, "source": s, "target": t, "max_len": L, "policy
 Demonstrations are correct rollouts: explicit `demos` that put mass on a rollout with reward 0 are
 refused unless the instance says "allow_failing_demos": true. The graph must be directed, list
 every node a link names, and have no duplicate node ids; every edge `pref` is a finite number.
+
+With a loss mode (`pcmi.objectives`, theory.md §9) the result also holds the mode's on-policy fixed
+point θ* (G_mode(θ*) = 0 with D = π*(·|r=1) and the schedule's teacher, with its certificate) and
+the mode's exact expected gradient at π0 (D = π0(·|r=1), π0's teacher) against the sequence-level
+gradient ∇ E_D KL(π ‖ T(·|y')). Both use on-policy demonstrations: a file's "demos" is not read there.
 """
 from __future__ import annotations
 
@@ -23,12 +28,16 @@ from graphworld.graphs import parse_json, read_text_file
 
 from .distributions import probs
 from .errors import PcmiInputError
+from .estimators import expected_gradient, gradient_bias, sequence_gradient
+from .flows import on_policy_fixed_point
 from .graph_instance import graph_instance
-from .instance import NO_SUCCESS, Instance, has_reachable_success
+from .instance import NO_SUCCESS, Instance, demos_from_successes, has_reachable_success
 from .metrics import policy_metrics
 from .policies import (check_beta, contrastive_optimum, forward_kl_optimum, forward_kl_token_optimum,
                        rl_limit, rl_optimum, sdsd_optimum, sdsd_token_optimum)
+from .objectives import LossMode, loss_mode
 from .scores import expected_pcmi
+from .tabular import TabularPolicy
 
 EXPLICIT_KEYS = {"base", "reward", "teacher", "demos", "beta", "route", "allow_failing_demos"}
 GRAPH_KEYS = {"graph", "source", "target", "max_len", "policy", "teacher", "beta", "demos"}
@@ -126,9 +135,68 @@ def _arr(log_p) -> list:
     return [float(x) for x in probs(log_p)]
 
 
-def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
-    """All optima as probability arrays aligned with the rollouts, plus their metrics."""
+def _finite_or_none(x):
+    """x with every non-finite float (and NaN) replaced by None, for JSON (allow_nan=False)."""
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def _blocked(inst: Instance, rollouts):
+    """Mask of the rollouts that use the dominant route's concept edges (None without labels)."""
+    if rollouts is None or not (inst.reward == 1).any():
+        return None
+    try:
+        return rollouts.uses_edges(concept_edges(rollouts.task.graph, dominant_route(rollouts)))
+    except GraphworldError:  # no concept labels: no route to block
+        return None
+
+
+def gradient_at_base(inst: Instance, mode: LossMode) -> dict:
+    """G_mode(θ0) = E_{y∼π0, y'∼D} g_mode exactly, D = π0(·|r=1), π0's teacher: ‖G‖, tr Cov g of one
+    rollout, the expected loss, and the bias against G_seq = ∇ E_D KL(π ‖ T(·|y')) (cosine, ‖G‖/‖G_seq‖;
+    None where G_seq is undefined because the sequence-level reverse KL is infinite at π0)."""
+    policy = TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    log_D = demos_from_successes(inst.log_base, inst.reward)
+    rep = expected_gradient(policy, inst.teacher, log_D, mode)
+    out = {"norm": rep.norm, "variance": rep.variance, "loss": rep.loss}
+    try:
+        b = gradient_bias(rep.grad, sequence_gradient(policy, inst.teacher, log_D), policy.sib)
+        out["bias"] = {"cosine": b.cosine, "norm_ratio": b.norm_ratio}
+    except PcmiInputError as exc:
+        out["bias"] = {"cosine": None, "norm_ratio": None, "undefined": " ".join(str(exc).split())}
+    return _finite_or_none(out)
+
+
+def fixed_point_of(inst: Instance, mode: LossMode, teacher: str = "frozen", tau=None, *, blocked=None,
+                   **fixed_point_options) -> dict:
+    """The mode's on-policy fixed point (`pcmi.flows.on_policy_fixed_point`): its mode and
+    schedule, π* over the rollouts, the certificate and the §5 metrics of π*."""
+    fp = on_policy_fixed_point(inst, mode, teacher, tau, **fixed_point_options)
+    return _finite_or_none({
+        "mode": {**mode.as_dict(), "teacher": teacher, "tau": tau},
+        "policy": _arr(fp.log_pi),
+        "certificate": fp.certificate(),
+        "metrics": policy_metrics(fp.log_pi, inst.log_base, inst.reward, inst.route, blocked)})
+
+
+def solve(inst: Instance, beta: float = 1.0, rollouts=None, mode: LossMode | None = None, teacher: str = "frozen",
+          tau=None, **fixed_point_options) -> dict:
+    """All optima as probability arrays aligned with the rollouts, plus their metrics; with a loss
+    `mode` also "fixed_point" (`fixed_point_of`, teacher schedule `teacher`/`tau`, options tol and
+    max_rounds of on_policy_fixed_point) and "gradient_at_base" (`gradient_at_base`)."""
     beta = check_beta(beta)
+    mode = None if mode is None else loss_mode(mode)
+    if mode is None and (teacher != "frozen" or tau is not None or fixed_point_options):
+        raise PcmiInputError("a teacher schedule, tau, tol or max_rounds needs a loss mode")
     if not has_reachable_success(inst.log_base, inst.reward):
         raise PcmiInputError(NO_SUCCESS + ", so the RL limit π0(·|r=1) is undefined: mark a rollout with "
                              "base probability > 0 correct")
@@ -141,12 +209,7 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
             "forward_kl": forward_kl_optimum(inst),
             "forward_kl_token": forward_kl_token_optimum(inst),
             "contrastive": contrastive_optimum(inst)}
-    blocked = None
-    if rollouts is not None and (inst.reward == 1).any():
-        try:
-            blocked = rollouts.uses_edges(concept_edges(rollouts.task.graph, dominant_route(rollouts)))
-        except GraphworldError:  # no concept labels: no route to block
-            blocked = None
+    blocked = _blocked(inst, rollouts)
     out = {name: _arr(lp) for name, lp in pols.items()}
     s = expected_pcmi(inst)
     out["expected_pcmi"] = [float(x) if np.isfinite(x) else None for x in s]
@@ -157,6 +220,9 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None) -> dict:
         out["route"] = rollouts.route.tolist()
     out["metrics"] = {name: policy_metrics(lp, inst.log_base, inst.reward, inst.route, blocked)
                       for name, lp in pols.items()}
+    if mode is not None:
+        out["fixed_point"] = fixed_point_of(inst, mode, teacher, tau, blocked=blocked, **fixed_point_options)
+        out["gradient_at_base"] = gradient_at_base(inst, mode)
     return out
 
 
@@ -168,8 +234,9 @@ def read_instance_file(path: str) -> dict:
         raise PcmiInputError(str(exc)) from None
 
 
-def solve_file(path: str, beta: float | None = None, max_rollouts: int | None = None) -> dict:
-    """solve() of the instance in a JSON file; `beta` overrides the file's, `max_rollouts` caps Y(x)."""
+def solve_file(path: str, beta: float | None = None, max_rollouts: int | None = None, **mode_options) -> dict:
+    """solve() of the instance in a JSON file; `beta` overrides the file's, `max_rollouts` caps Y(x);
+    mode_options (mode, teacher, tau, tol, max_rounds) go to solve()."""
     data = read_instance_file(path)
     inst, rollouts = load_instance(data, max_rollouts)
-    return solve(inst, beta if beta is not None else _beta_of(data), rollouts)
+    return solve(inst, beta if beta is not None else _beta_of(data), rollouts, **mode_options)
