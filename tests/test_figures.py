@@ -35,8 +35,8 @@ def ood_data():
     return ood.compute(seeds=(0, 1, 2, 3), k_max=64)
 
 
-def test_registry_lists_seven_figures():
-    assert FIGURES == ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence")
+def test_registry_lists_eight_figures():
+    assert FIGURES == ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse")
     assert figure_names() == list(FIGURES) and figure_names("phase") == ["phase"]
 
 
@@ -315,3 +315,259 @@ def test_rounds_doc_states_the_round_entropy_reaches_zero():
     first_zero = next(k for k, h in enumerate(ent) if round(h, 3) == 0)
     text = open(os.path.join(ROOT, "docs", "figures", "rounds.md")).read()
     assert f"0.000 by round {first_zero} " in text
+
+
+# --- figure `collapse` (issue 9 item 4): flows and on-policy fixed points over modes × α × τ ----------
+
+from hypothesis import given, settings as hyp_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pcmi.dynamics import sdsd_rounds  # noqa: E402
+from pcmi.estimators import expected_gradient  # noqa: E402
+from pcmi.figures import collapse  # noqa: E402
+from pcmi.figures._common import jsonable, prompt_instances  # noqa: E402
+from pcmi.flows import FixedPoint, expected_gradient_flow  # noqa: E402
+from pcmi.instance import demos_from_successes  # noqa: E402
+from pcmi.objectives import LossMode  # noqa: E402
+from pcmi.tabular import TabularPolicy  # noqa: E402
+from pcmi.testing import graph_instances  # noqa: E402
+
+#: a reduced grid: one setting, three modes, two α, frozen / EMA / live, 20 steps (a few seconds)
+COLLAPSE_SMALL = dict(settings={"failing": collapse.SETTINGS["failing"]}, modes=("full", "topk_student", "sequence"),
+                      alphas=(0.5, 1.0), taus=(0.0, 0.2, 1.0), n_steps=20, workers=1)
+
+
+@pytest.fixture(scope="module")
+def collapse_small():
+    """The reduced data as the JSON file holds it (rounded floats, string keys)."""
+    return json.loads(json.dumps(jsonable(collapse.compute(**COLLAPSE_SMALL))))
+
+
+def _collapse_instance(setting):
+    """The figure's instance rebuilt from the `rounds` constants (not through collapse.py)."""
+    g, [(task, inst, ro)] = prompt_instances(rounds.GRAPH, rounds.SETTINGS[setting], collapse.TEACHER, prompts=1)
+    return inst
+
+
+def _points(d):
+    """(where, cell or None, metrics) for π0 and every flow end and fixed point of one setting."""
+    yield "base", None, d["base"]
+    for _, c in collapse.cells_of(d):
+        yield "flow", c, c["flow"]
+        if c["fixed_point"]["converged"]:
+            yield "fixed_point", c, c["fixed_point"]
+
+
+def test_collapse_certificates_are_honest(collapse_small):
+    """A cell is drawn as converged only with a certificate within tol; otherwise it has an error
+    message and no fixed-point numbers at all."""
+    d = collapse_small
+    assert d["n_steps"] == 20 and d["eta"] == collapse.ETA and d["tol"] == collapse.TOL
+    for s in d["settings"].values():
+        for m, c in collapse.cells_of(s):
+            fp = c["fixed_point"]
+            assert c["schedule"] == ("frozen" if c["tau"] == 0 else "live" if c["tau"] == 1 else "ema")
+            if fp["converged"]:
+                assert fp["certified"] and fp["grad_norm"] <= d["tol"] and fp["teacher_gap"] <= d["tol"]
+                assert 0 <= fp["rounds"] <= fp["max_rounds"] == collapse.default_max_rounds(c["tau"])
+            else:
+                assert fp["error"] and "\n" not in fp["error"]
+                assert not {"success", "strategy_mass_entropy", "ood_success"} & set(fp)
+        assert s["summary"]["cells"] == sum(1 for _ in collapse.cells_of(s))
+
+
+def test_collapse_entropy_and_ood_follow_from_the_stored_route_masses(collapse_small):
+    """H = −Σ m log m of the stored masses, and OOD success = success·(1 − m_{z*}) (every correct
+    rollout that avoids the blocked concept takes another route)."""
+    for s in collapse_small["settings"].values():
+        z = str(s["dominant_route"])
+        for where, c, pt in _points(s):
+            m = np.array(list(pt["strategy_masses"].values()))
+            assert m.sum() == pytest.approx(1.0, abs=1e-9)
+            nz = m[m > 0]
+            assert pt["strategy_mass_entropy"] == pytest.approx(float(-(nz * np.log(nz)).sum()), abs=1e-9)
+            assert pt["ood_success"] == pytest.approx(pt["success"] * (1 - pt["strategy_masses"][z]), abs=1e-9)
+
+
+def test_sabotage_collapse_ood_identity_rejects_the_wrong_route(collapse_small):
+    s = collapse_small["settings"]["failing"]
+    wrong = next(k for k in s["base"]["strategy_masses"] if k != str(s["dominant_route"]))
+    b = s["base"]
+    assert abs(b["ood_success"] - b["success"] * (1 - b["strategy_masses"][wrong])) > 1e-3
+
+
+def _fixed_point_is_token_rounds_limit(fp: dict, inst, teacher: str) -> bool:
+    """full α = 1: the fixed point is the limit of the §4 token-level rounds (closed form per round)."""
+    last = sdsd_rounds(inst, 60, teacher=teacher, level="token")[-1]
+    return (abs(fp["strategy_mass_entropy"] - last.strategy_mass_entropy) <= 1e-6
+            and abs(fp["success"] - last.success) <= 1e-6)
+
+
+def test_collapse_full_reverse_kl_fixed_points_are_the_token_rounds_limits(collapse_small):
+    inst = _collapse_instance("failing")
+    modes = collapse_small["settings"]["failing"]["modes"]
+    for m in ("full", "sequence"):  # sequence = full α = 1 for this teacher (theory.md §9)
+        grid = modes[m]
+        j = [c["alpha"] for c in grid[0]].index(1.0)
+        frozen = next(row[j] for row in grid if row[j]["tau"] == 0)["fixed_point"]
+        live = next(row[j] for row in grid if row[j]["tau"] == 1)["fixed_point"]
+        assert _fixed_point_is_token_rounds_limit(frozen, inst, "frozen")
+        assert _fixed_point_is_token_rounds_limit(live, inst, "live")
+        assert live["strategy_mass_entropy"] < 1e-6 < frozen["strategy_mass_entropy"]  # P7: live collapses
+
+
+def test_sabotage_collapse_fixed_point_that_is_only_the_flow_end(monkeypatch):
+    """A cell that certifies the flow's end (3 steps) as the fixed point must fail the check."""
+    def fake_fixed_point(inst, mode, kind, rate, *, tol, max_rounds, start, state):
+        return FixedPoint(mode, kind, start, 0.0, 0.0, 0, tol, state)
+    monkeypatch.setattr(collapse, "on_policy_fixed_point", fake_fixed_point)
+    d = collapse.compute(settings={"failing": collapse.SETTINGS["failing"]}, modes=("full",), alphas=(1.0,),
+                         taus=(0.0,), n_steps=3, workers=1)
+    fp = d["settings"]["failing"]["modes"]["full"][0][0]["fixed_point"]
+    assert not _fixed_point_is_token_rounds_limit(fp, _collapse_instance("failing"), "frozen")
+
+
+def test_collapse_sampled_flow_is_the_full_reverse_kl_flow(collapse_small):
+    """The figure shows full α = 1's cells as `sampled`: the sampled-token flow, run here, agrees."""
+    inst = _collapse_instance("failing")
+    s = collapse_small["settings"]["failing"]
+    grid = s["modes"]["full"]
+    j1, j5 = [c["alpha"] for c in grid[0]].index(1.0), [c["alpha"] for c in grid[0]].index(0.5)
+    for row in grid:
+        kind, rate = collapse.schedule_of_tau(row[j1]["tau"])
+        fl = expected_gradient_flow(inst, LossMode("sampled"), kind, rate, eta=collapse_small["eta"],
+                                    n_steps=collapse_small["n_steps"])
+        h = fl.records[-1].strategy_mass_entropy
+        assert h == pytest.approx(row[j1]["flow"]["strategy_mass_entropy"], abs=1e-12)
+        assert abs(h - row[j5]["flow"]["strategy_mass_entropy"]) > 1e-3  # sabotage: not every α would pass
+        assert row[j1]["sampled_gradient_gap"] <= 1e-12
+    assert s["summary"]["sampled_equals_full_alpha1"]["identical"]
+
+
+@hyp_settings(max_examples=15)
+@given(case=graph_instances(teacher={"kind": "route_copying", "eps": 0.1}),
+       alpha=st.sampled_from([0.0, 0.25, 0.5, 1.0]), of=st.sampled_from(["student", "teacher"]),
+       shift=st.lists(st.floats(-3, 3), min_size=64, max_size=64))
+def test_top1_renormalized_gradient_vanishes_everywhere(case, alpha, of, shift):
+    """k = 1 without tail renormalizes p and q to the same point mass: D_α = 0 and G = 0 at every
+    policy, so the figure's shortcut (G(π0) = 0 ⇒ the N-step flow is π0) is exact for these cells."""
+    inst, _ = case
+    pol = TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    theta = pol.theta.copy()
+    fin = np.isfinite(theta)
+    theta[fin] += np.resize(np.array(shift), fin.sum())
+    pol = pol.with_theta(theta)
+    log_D = demos_from_successes(pol.log_seq, inst.reward)
+    rep = expected_gradient(pol, inst.teacher, log_D, LossMode("topk", alpha, 1, of, False))
+    assert np.all(rep.grad == 0)
+
+
+def test_sabotage_top1_with_tail_has_a_gradient():
+    inst = _collapse_instance("failing")
+    pol = TabularPolicy.from_log_probs(inst.tree, inst.log_base)
+    rep = expected_gradient(pol, inst.teacher, inst.log_demos, LossMode("topk", 0.5, 1, "student", True))
+    assert rep.norm > 1e-3
+
+
+def test_collapse_stationary_cells_equal_the_iterated_flow(collapse_small):
+    inst = _collapse_instance("failing")
+    s = collapse_small["settings"]["failing"]
+    for row in s["modes"]["topk_student"]:
+        for c in row:
+            assert c["flow"]["grad_norm_at_pi0"] == 0 and c["flow"]["steps_iterated"] == 0
+            assert c["fixed_point"]["rounds"] == 0
+            for k in ("success", "strategy_mass_entropy", "ood_success"):
+                assert c["flow"][k] == pytest.approx(s["base"][k], abs=1e-12)
+                assert c["fixed_point"][k] == pytest.approx(s["base"][k], abs=1e-12)
+    kind, rate = collapse.schedule_of_tau(0.2)
+    fl = expected_gradient_flow(inst, LossMode("topk", 0.5, 1, "student", False), kind, rate, n_steps=20)
+    theta0 = TabularPolicy.from_log_probs(inst.tree, inst.log_base).theta
+    assert np.array_equal(fl.policy.theta, theta0)  # iterated 20 steps: still exactly π0
+
+
+def test_collapse_unconverged_fixed_points_are_marked_not_hidden():
+    d = collapse.compute(settings={"all_correct": collapse.SETTINGS["all_correct"]}, modes=("full",),
+                         alphas=(0.5, 1.0), taus=(0.0, 0.2), n_steps=5, max_rounds=1, workers=1)
+    s = d["settings"]["all_correct"]
+    nc = [(m, c) for m, c in collapse.cells_of(s) if not c["fixed_point"]["converged"]]
+    assert nc and all("did not reach a fixed point in 1 rounds" in c["fixed_point"]["error"] for _, c in nc)
+    assert s["summary"]["not_converged"] == [[m, c["alpha"], c["tau"]] for m, c in nc]
+    fig = collapse.draw(json.loads(json.dumps(jsonable(d))))
+    texts = [t.get_text() for ax in fig.get_axes() for t in ax.texts]
+    dup = sum(1 for m, c in nc if m == "full" and c["alpha"] == 1)  # also drawn as `sampled`
+    assert texts.count("n.c.") == 2 * (len(nc) + dup)  # two fixed-point rows per cell
+
+
+def test_collapse_workers_give_identical_data():
+    size = dict(settings={"all_correct": collapse.SETTINGS["all_correct"]}, modes=("full", "sequence"),
+                alphas=(1.0,), taus=(0.0, 1.0), n_steps=5)
+    assert jsonable(collapse.compute(**size, workers=1)) == jsonable(collapse.compute(**size, workers=2))
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(modes=("nope",)), "unknown mode 'nope'"),
+                                     (dict(taus=(1.5,)), "tau must lie in"),
+                                     (dict(alphas=(2.0,)), "alpha must be")])
+def test_collapse_bad_grid_is_one_line_error(kw, msg):
+    with pytest.raises(PcmiInputError, match=msg) as e:
+        collapse.compute(**{**dict(settings={"all_correct": collapse.SETTINGS["all_correct"]}, n_steps=1,
+                                   workers=1, modes=("full",), alphas=(1.0,), taus=(0.0,)), **kw})
+    assert "\n" not in str(e.value)
+
+
+def test_collapse_draws_one_heatmap_per_mode_row_and_setting(collapse_small):
+    d = collapse_small
+    fig = collapse.draw(d)
+    heat = [ax for ax in fig.get_axes() if ax.images]
+    # α modes full, topk_student + one α = 1 panel (sequence, sampled); 3 rows; 1 setting
+    assert len(heat) == 3 * 3
+    assert [len(p["columns"]) for p in collapse.panels(d["settings"]["failing"])] == [2, 2, 2]
+
+
+COLLAPSE_ROW = re.compile(r"^\| (\w+) \| (\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+|n\.c\.) \| "
+                          r"([\d.]+|n\.c\.) \| ([\d.]+|n\.c\.) \| (\d+|–) \| ([\de.+-]+|–) \|$", re.M)
+
+
+def collapse_table_mismatches(text: str, data: dict) -> list[str]:
+    """Rows of the page's table that disagree with the data (3 decimals; ‖G‖ to one digit)."""
+    bad = []
+    rows = COLLAPSE_ROW.findall(text)
+    for setting, mode, a, t, h_n, h_fp, h_ood, succ, rounds_, g in rows:
+        c = next(c for row in data["settings"][setting]["modes"][mode] for c in row
+                 if c["alpha"] == float(a) and c["tau"] == float(t))
+        fp = c["fixed_point"]
+        want = [f"{c['flow']['strategy_mass_entropy']:.3f}"]
+        want += ([f"{fp[k]:.3f}" for k in ("strategy_mass_entropy", "ood_success", "success")]
+                 + [str(fp["rounds"]), f"{fp['grad_norm']:.0e}"] if fp["converged"] else ["n.c."] * 3 + ["–", "–"])
+        if [h_n, h_fp, h_ood, succ, rounds_, g] != want:
+            bad.append(f"{setting} {mode} α={a} τ={t}: page {[h_n, h_fp, h_ood, succ, rounds_, g]} data {want}")
+    return bad if rows else ["no table rows found"]
+
+
+def _collapse_page_and_data():
+    text = open(os.path.join(ROOT, "docs", "figures", "collapse.md")).read()
+    return text, json.load(open(os.path.join(ROOT, "figures", "collapse.json")))
+
+
+def test_collapse_doc_table_and_headlines_match_the_data():
+    text, d = _collapse_page_and_data()
+    assert len(COLLAPSE_ROW.findall(text)) == 24
+    assert collapse_table_mismatches(text, d) == []
+    assert f"N = {d['n_steps']} steps" in text and f"η = {d['eta']:g}" in text
+    s_ok, s_fail = d["settings"]["all_correct"]["summary"], d["settings"]["failing"]["summary"]
+    n_ok, n_fail = s_ok["tau_positive_moved_certified"], s_fail["tau_positive_moved_certified"]
+    assert s_ok["tau_positive_collapsed"] == n_ok and s_fail["tau_positive_collapsed"] == n_fail
+    assert f"{n_ok} of {n_ok} with every rollout correct, {n_fail} of {n_fail} with failing" in text
+    assert s_ok["collapsed_onto_routes"] == s_fail["collapsed_onto_routes"] == [2] and "dominant route 2" in text
+    h_ok = s_ok["max_fixed_point_entropy_tau_positive"]["strategy_mass_entropy"]
+    h_fail = s_fail["max_fixed_point_entropy_tau_positive"]["strategy_mass_entropy"]
+    assert f"at most {h_ok:.0e}".replace("e-0", "e-") in text and f"({h_fail:.0e}".replace("e-0", "e-") in text
+    n_student = sum(1 for m, a, t in s_ok["not_converged"] if m == "topk_student_tail")
+    assert f"{n_student} cells are n.c." in text
+
+
+def test_sabotage_collapse_doc_table_check_catches_a_wrong_number():
+    text, d = _collapse_page_and_data()
+    row = "| failing | full | 0.5 | 0.05 | 0.123 |"
+    assert row in text
+    assert collapse_table_mismatches(text.replace(row, "| failing | full | 0.5 | 0.05 | 0.124 |"), d)
+    assert collapse_table_mismatches(text.replace("| 2374 |", "| 2375 |"), d)
