@@ -111,12 +111,10 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
     lp = policy.log_cond[None, :]
     p = np.exp(lp)
     B, N = log_q.shape
-    in_k = np.ones((1, N), bool)
     if mode.kind == "topk":
         key = lp if mode.topk_of == "student" else log_q
-        in_k = sib.top_k(key, mode.topk)
-    in_k = np.broadcast_to(in_k, (B, N)).copy()
-    in_k[:, 0] = False
+        in_k = np.broadcast_to(sib.top_k(key, mode.topk), (B, N)).copy()
+        in_k[:, 0] = False
     ninf = -np.inf
     if mode.kind == "topk" and not mode.tail:  # renormalize both on the top-k set
         lpk = np.where(in_k, lp, ninf)
