@@ -104,12 +104,36 @@ def _class_batches(teacher, log_D, tree):
         yield np.concatenate(ws), np.concatenate(rows)
 
 
-def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
+def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, cache: dict | None = None):
     """For every demonstration class (rows) and node: the block vector v, the natural step v/p,
-    the per-logit second moment of one step at its prefix, and the divergence per segment."""
+    the per-logit second moment of one step at its prefix, and the divergence per segment.
+    `cache` shares the mean blocks of full α = 1 with the two sampled modes (same expectation)."""
     sib: Siblings = policy.sib
     lp = policy.log_cond[None, :]
     p = np.exp(lp)
+    key = ("full", mode.alpha) if mode.kind != "topk" else None
+    if cache is not None and key in cache:
+        v, nat, coef, seg_div, undefined = cache[key]
+    else:
+        v, nat, coef, seg_div, undefined = _mean_blocks(policy, log_q, mode, lp, p)
+        if cache is not None and key is not None:
+            cache[key] = (v, nat, coef, seg_div, undefined)
+    if mode.kind in ("sampled", "sampled-baseline"):
+        ell = coef  # log p/q on supp p
+        with np.errstate(invalid="ignore", over="ignore"):
+            if mode.kind == "sampled-baseline":
+                ell = ell - sib.spread(seg_div)
+            m = np.where(p > 0, ell ** 2, 0.0)
+            pm = sib.spread(sib.sum(np.where(p > 0, p * m, 0.0)))
+            diag = np.where(p > 0, p * m * (1 - 2 * p), 0.0) + p ** 2 * pm
+    else:
+        diag = v ** 2
+    return v, nat, diag, seg_div, undefined
+
+
+def _mean_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, lp, p):
+    """(v, v/p_eff, coef, divergence per segment, undefined segments) of a per-token mode."""
+    sib: Siblings = policy.sib
     B, N = log_q.shape
     if mode.kind == "topk":
         key = lp if mode.topk_of == "student" else log_q
@@ -130,7 +154,7 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
         seg_div = sib.sum(np.where(in_k, terms, 0.0))
         coef = np.where(in_k, coef, 0.0)
     elif mode.kind == "topk":  # k tokens + one tail bucket, no renormalization
-        le = np.broadcast_to(lp, (B, N))
+        le = lp
         lpt = sib.logsumexp(np.where(in_k, ninf, lp))
         lqt = sib.logsumexp(np.where(in_k, ninf, log_q))
         tk, ck = divergence_terms(np.where(in_k, lp, ninf), np.where(in_k, log_q, ninf), mode.alpha)
@@ -140,28 +164,18 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
         coef[:, 0] = 0.0
         undefined = np.zeros(seg_div.shape, bool)
     else:
-        le = np.broadcast_to(lp, (B, N))
+        le = lp
         terms, coef = divergence_terms(lp, log_q, mode.alpha)
         seg_div = sib.sum(terms)
         undefined = np.zeros(seg_div.shape, bool)
-    pe = np.exp(le)
+    pe = p if le is lp else np.exp(le)
     on = np.isfinite(le)
     with np.errstate(invalid="ignore", over="ignore"):
         cbar = sib.sum(np.where(pe > 0, pe * coef, 0.0))
         u = coef - sib.spread(cbar)
         v = np.where(pe > 0, pe * u, 0.0)
         nat = np.where(on & np.isfinite(u), u, 0.0)  # v / p_eff: the Fisher step of the law the loss sees
-    if mode.kind in ("sampled", "sampled-baseline"):
-        ell = coef  # log p/q on supp p
-        with np.errstate(invalid="ignore", over="ignore"):
-            if mode.kind == "sampled-baseline":
-                ell = ell - sib.spread(seg_div)
-            m = np.where(p > 0, ell ** 2, 0.0)
-            pm = sib.spread(sib.sum(np.where(p > 0, p * m, 0.0)))
-            diag = np.where(p > 0, p * m * (1 - 2 * p), 0.0) + p ** 2 * pm
-    else:
-        diag = v ** 2
-    return v, nat, diag, seg_div, undefined
+    return v, nat, coef, seg_div, undefined
 
 
 def _sequence_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode):
@@ -228,7 +242,7 @@ def expected_gradients(policy: TabularPolicy, teacher, log_D, modes) -> list[Gra
     w_total = 0.0
     for w, log_T in _class_batches(teacher, log_D, tree):
         w_total += float(w.sum())
-        log_q = None
+        log_q, cache = None, {}
         for mode, a in zip(modes, acc):
             if log_q is None:
                 log_q = _teacher_conditionals(policy, log_T, w, mode, sib.internal[live])
@@ -240,7 +254,7 @@ def expected_gradients(policy: TabularPolicy, teacher, log_D, modes) -> list[Gra
                 a["loss"] += float(w @ V[:, 0])
                 a["vbar"] += w @ V
             else:
-                v, u, dg, seg_div, undefined = _per_token_blocks(policy, log_q, mode)
+                v, u, dg, seg_div, undefined = _per_token_blocks(policy, log_q, mode, cache)
                 bad = (np.isinf(seg_div) | undefined) & live[None, :]
                 if bad.any():
                     why = ("the teacher gives its top-k tokens no mass the student shares" if undefined.any()
