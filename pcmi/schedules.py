@@ -33,7 +33,7 @@ class TeacherSchedule:
         elif tau is not None:
             raise PcmiInputError(f"tau applies to the ema schedule only, not {kind}")
         if kind != "frozen" and not isinstance(base_teacher, (LatentStrategyTeacher, CopyTeacher)):
-            raise PcmiInputError(f"a {kind} teacher is rebuilt from the policy, which needs a latent-strategy or copy "
+            raise PcmiInputError(f"the {kind} teacher is rebuilt from the policy, which needs a latent-strategy or copy "
                                  f"teacher, not {type(base_teacher).__name__}")
         self.base, self.kind, self.tau = base_teacher, kind, tau
         if isinstance(base_teacher, LatentStrategyTeacher):
