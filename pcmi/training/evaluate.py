@@ -113,18 +113,14 @@ def closed_form_predictions(base, teacher, beta: float) -> dict:
             "base": base.log_prob}
 
 
-def sdsd_onpolicy_fixed_point(inst, rounds: int = 500, tol: float = 1e-9) -> np.ndarray:
+def sdsd_onpolicy_fixed_point(inst, rounds: int = 500, tol: float = 1e-10) -> np.ndarray:
     """What the trainer converges to with a fixed teacher T_θ0 but on-policy demonstrations
-    (a correct sibling from the current group): iterate π_{k+1} = sdsd_token_optimum with
-    D_k = π_k(· | r = 1), starting from π0, until TV(π_{k+1}, π_k) < tol."""
-    log_pi = inst.log_base
-    for _ in range(rounds):
-        new = pcmi.sdsd_token_optimum(inst.with_demos(pcmi.demos_from_successes(log_pi, inst.reward)))
-        done = pcmi.total_variation(new, log_pi) < tol
-        log_pi = new
-        if done:
-            break
-    return log_pi
+    (a correct sibling from the current group): the certified on-policy fixed point of the full
+    α = 1 mode with a frozen teacher (`pcmi.flows.on_policy_fixed_point`, ‖G‖ ≤ tol), i.e. the
+    limit of π_{k+1} = sdsd_token_optimum with D_k = π_k(· | r = 1) from π0."""
+    from pcmi.flows import on_policy_fixed_point
+    from pcmi.objectives import LossMode
+    return on_policy_fixed_point(inst, LossMode("full"), "frozen", tol=tol, max_rounds=rounds).log_pi
 
 
 def distances(log_pi, predictions: dict) -> dict:
