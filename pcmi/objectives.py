@@ -109,21 +109,24 @@ def divergence_terms(log_p, log_q, alpha: float):
     0·log 0 = 0; a term is +inf where the divergence is infinite (p > 0 = q for reverse KL,
     q > 0 = p for forward KL); coef is 0 where p = 0 (it is always multiplied by p). A finite log p counts as p > 0 even where
     exp(log p) underflows."""
-    log_p, log_q = np.broadcast_arrays(np.asarray(log_p, float), np.asarray(log_q, float))
-    p, q = np.exp(log_p), np.exp(log_q)
+    log_p, log_q = np.asarray(log_p, float), np.asarray(log_q, float)
+    shape = np.broadcast_shapes(log_p.shape, log_q.shape)
     on_p, on_q = np.isfinite(log_p), np.isfinite(log_q)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # a finite log-probability is a positive probability even where its exp underflows to 0:
-        # against a zero of the other law its term is +inf, not 0·∞
+        # against a zero of the other law its term is +inf, not 0·∞ (exps only on the arrays needed)
         if alpha == 1:
-            terms = np.where(on_p, np.where(on_q, p * (log_p - log_q), np.inf), 0.0)
-            coef = np.where(on_p, log_p - log_q, 0.0)
+            diff = log_p - log_q
+            terms = np.where(on_p, np.where(on_q, np.exp(log_p) * diff, np.inf), 0.0)
+            coef = np.where(on_p, diff, 0.0)
         elif alpha == 0:
-            terms = np.where(on_q, np.where(on_p, q * (log_q - log_p), np.inf), 0.0)
-            coef = np.where(on_p, -np.exp(log_q - log_p), 0.0)
+            diff = log_q - log_p
+            terms = np.where(on_q, np.where(on_p, np.exp(log_q) * diff, np.inf), 0.0)
+            coef = np.where(on_p, -np.exp(diff), 0.0)
         else:
             log_m = np.logaddexp(np.log1p(-alpha) + log_p, np.log(alpha) + log_q)
-            terms = (np.where(on_q, alpha * q * (log_q - log_m), 0.0)
-                     + np.where(on_p, (1 - alpha) * p * (log_p - log_m), 0.0))
+            terms = (np.where(on_q, alpha * np.exp(log_q) * (log_q - log_m), 0.0)
+                     + np.where(on_p, (1 - alpha) * np.exp(log_p) * (log_p - log_m), 0.0))
             coef = np.where(on_p, (1 - alpha) * (log_p - log_m), 0.0)
+    terms, coef = np.broadcast_to(terms, shape), np.broadcast_to(coef, shape)
     return terms, coef
