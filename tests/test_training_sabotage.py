@@ -19,8 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TR = "pcmi/training/"
-TEST_FILES = ["tests/test_training_losses.py", "tests/test_training_train.py", "tests/test_training_evaluate.py",
-              "tests/test_training.py"]
+TEST_FILES = ["tests/test_training_losses.py", "tests/test_training_loss_modes.py", "tests/test_training_train.py",
+              "tests/test_training_evaluate.py", "tests/test_training.py"]
 
 # name: (file, original text, sabotaged text)
 SABOTAGES = {
@@ -33,12 +33,12 @@ SABOTAGES = {
                                "logp_ref = sequence_logprob(completion_logits(model, ctx, ro.tokens)"),
     "rl_no_baseline": (TR + "train.py", "adv = R - R.mean(dim=1, keepdim=True)", "adv = R + 0"),
     "rl_batch_mean_baseline": (TR + "train.py", "adv = R - R.mean(dim=1, keepdim=True)", "adv = R - R.mean()"),
-    # (dropping only the no_grad block is an equivalent change: the .detach() still stops the gradient)
-    "sdsd_teacher_gradient_no_detach": (TR + "train.py",
-                                        "    with torch.no_grad():\n        t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)\n    s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)\n    per_tok = per_token_divergence(s_logits, t_logits.detach(), alpha)",
-                                        "    if True:\n        t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)\n    s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)\n    per_tok = per_token_divergence(s_logits, t_logits, alpha)"),
-    "sdsd_student_teacher_swapped": (TR + "train.py", "per_token_divergence(s_logits, t_logits.detach(), alpha)",
-                                     "per_token_divergence(t_logits.detach(), s_logits, alpha)"),
+    # the teacher is detached inside per_token_loss (train.py's no_grad and .detach() are extra guards)
+    "sdsd_teacher_gradient_no_detach": (TR + "losses.py",
+                                        "    t_floored = _floored(teacher_logits.detach()).to(log_s.dtype)",
+                                        "    t_floored = _floored(teacher_logits).to(log_s.dtype)"),
+    "sdsd_student_teacher_swapped": (TR + "train.py", "per_token_loss(s_logits, t_logits.detach(), ro.tokens, mode)",
+                                     "per_token_loss(t_logits.detach(), s_logits, ro.tokens, mode)"),
     "sdsd_padding_in_loss": (TR + "train.py", "sequence_mean_then_batch_mean(per_tok, ro.mask, has_demo.float())",
                              "sequence_mean_then_batch_mean(per_tok, torch.ones_like(ro.mask), has_demo.float())"),
     "logprob_padding_counted": (TR + "rollouts.py", "return (lp * mask).sum(-1)", "return lp.sum(-1)"),

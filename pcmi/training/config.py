@@ -44,6 +44,19 @@ def _check_field(name: str, v) -> None:
     elif name == "teacher":
         if v not in ("live", "ema", "frozen"):
             raise PcmiInputError(f"TrainConfig.teacher must be live, ema or frozen, got {v!r}")
+    elif name == "loss_mode":
+        from pcmi.objectives import MODES
+        if v not in MODES:
+            raise PcmiInputError(f"TrainConfig.loss_mode must be one of {', '.join(MODES)}, got {v!r}")
+    elif name == "distillation_topk":
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise PcmiInputError(f"TrainConfig.distillation_topk must be an integer >= 1, got {v!r}")
+    elif name == "topk_of":
+        if v not in ("student", "teacher"):
+            raise PcmiInputError(f"TrainConfig.topk_of must be student or teacher, got {v!r}")
+    elif name == "distillation_add_tail":
+        if not isinstance(v, bool):
+            raise PcmiInputError(f"TrainConfig.distillation_add_tail must be True or False, got {v!r}")
     elif name == "ks":
         if (not isinstance(v, tuple) or not v
                 or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in v)):
@@ -85,7 +98,11 @@ class TrainConfig:
     # SDSD
     alpha: float = 1.0            # divergence: 1 reverse KL(S‖T), 0 forward KL(T‖S), else JS_α
     teacher: str = "frozen"       # "frozen" (the pretrained model = EMA rate 0), "live" (current network), "ema"
-    ema_rate: float = 0.05        # EMA teacher update rate per step
+    ema_rate: float = 0.05        # EMA teacher update rate per step: θ_T ← (1 − rate)·θ_T + rate·θ (rate = student's weight)
+    loss_mode: str = "full"       # per-token loss (pcmi.objectives.MODES): full | topk | sampled | sampled-baseline | sequence
+    distillation_topk: int = 100  # k of loss_mode "topk" (TRL's name; k ≥ vocabulary is the full loss)
+    topk_of: str = "student"      # whose top-k tokens: "student" (TRL, SDPO) or "teacher"
+    distillation_add_tail: bool = True  # topk: add the tail bucket 1 − Σ_topk p to both (TRL's name; SDPO's default)
     # evaluation / bookkeeping
     ks: tuple = (1, 8, 64)        # pass@k and distinct-correct@k
     ckpt_every: int = 20          # checkpoint every this many steps (and at the end of a stage)
@@ -98,6 +115,17 @@ class TrainConfig:
             _check_field(f.name, getattr(self, f.name))
         if self.n_embd % self.n_head:
             raise PcmiInputError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        self.loss()  # the mode and α must fit together (sampled and sequence need α = 1)
+
+    def loss(self):
+        """The SDSD loss mode as `pcmi.objectives.LossMode` (the one definition the exact theory reads)."""
+        from pcmi.objectives import LossMode
+        if self.loss_mode == "topk":
+            return LossMode("topk", self.alpha, self.distillation_topk, self.topk_of, self.distillation_add_tail)
+        try:
+            return LossMode(self.loss_mode, self.alpha)
+        except PcmiInputError as exc:
+            raise PcmiInputError(f"TrainConfig.loss_mode {self.loss_mode} with alpha {self.alpha}: {exc}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,7 +29,9 @@ import torch
 from pcmi.atomic import atomic_write
 from pcmi.errors import PcmiInputError
 
-from .losses import per_token_divergence, sequence_mean_then_batch_mean
+from pcmi.objectives import LossMode, loss_mode
+
+from .losses import per_token_loss, sequence_mean_then_batch_mean, sequence_reward_to_go_loss
 from .model import GPT
 from .rollouts import completion_logits, completion_path, move_table, prompt_ids, sample_rollouts, sequence_logprob
 
@@ -270,16 +272,22 @@ def teacher_contexts(world, ro, demo_idx):
     return prompt_ids(world, ro.prompt.tolist(), demos, device=ro.tokens.device)
 
 
-def sdsd_loss(model, teacher, world, ro, demo_idx, alpha: float):
-    """mean_i w_i · mean_t D_α(π(·|h_t), T(·|h_t, y'_i)) over rollout i's tokens, w_i = 1 iff i has a
-    demonstration; the teacher runs without gradient (stop-gradient, also when it is the model)."""
+def sdsd_loss(model, teacher, world, ro, demo_idx, mode):
+    """mean_i w_i · mean_t ℓ_t over rollout i's tokens, w_i = 1 iff i has a demonstration, ℓ_t the
+    per-token loss of `mode` (a `pcmi.objectives.LossMode`, or a number α for full-vocabulary D_α):
+    `per_token_loss`, or for mode sequence the reward-to-go surrogate. The teacher runs without
+    gradient (stop-gradient, also when it is the model)."""
+    mode = LossMode("full", mode) if isinstance(mode, (int, float)) and not isinstance(mode, bool) else loss_mode(mode)
     has_demo = torch.as_tensor(np.asarray(demo_idx) >= 0, device=ro.tokens.device)
     student_ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
     teacher_ctx = teacher_contexts(world, ro, demo_idx)
     with torch.no_grad():
         t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)
     s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)
-    per_tok = per_token_divergence(s_logits, t_logits.detach(), alpha)     # (N, L+1)
+    if mode.kind == "sequence":
+        per_tok = sequence_reward_to_go_loss(s_logits, t_logits.detach(), ro.tokens, ro.mask)  # (N, L+1)
+    else:
+        per_tok = per_token_loss(s_logits, t_logits.detach(), ro.tokens, mode)                # (N, L+1)
     loss = sequence_mean_then_batch_mean(per_tok, ro.mask, has_demo.float())
     return loss, {"demo_fraction": float(has_demo.float().mean()),
                   "ctx_len": student_ctx.shape[1] + teacher_ctx.shape[1]}
@@ -291,7 +299,7 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid):
     ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
     model.train()
     demo_idx, n_only, n_skipped = choose_demonstrations(ro, cfg.group_size, rng)
-    loss, st = sdsd_loss(model, teacher, world, ro, demo_idx, cfg.alpha)
+    loss, st = sdsd_loss(model, teacher, world, ro, demo_idx, cfg.loss())
     gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
