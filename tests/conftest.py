@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
@@ -10,3 +12,13 @@ settings.register_profile("dev", max_examples=200, deadline=None,
 settings.register_profile("mutation", max_examples=12, deadline=None, derandomize=True, database=None,
                           suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tests on tiny tensors: torch's thread pool only costs time (ms per op); one thread, restored after."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -63,13 +63,7 @@ SAMPLED = [LossMode("sampled"), LossMode("sampled-baseline"), LossMode("sequence
 ALL_MODES = FULL + TOPK + SAMPLED
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The oracle's tensors are tiny: torch's thread pool only costs time (ms per op)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: tiny tensors, one thread
 
 
 def one_line(err) -> bool:

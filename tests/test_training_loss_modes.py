@@ -45,13 +45,7 @@ def scaled(n: int) -> int:
 few = settings(max_examples=scaled(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tensors are tiny: torch's thread pool only costs time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: tiny tensors, one thread
 
 
 # --- the rollouts of a tabular problem as a trainer batch ----------------------------------------
