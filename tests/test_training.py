@@ -201,3 +201,22 @@ def test_pretraining_loss_mask_covers_exactly_the_completion(world):
     specials = {world.ids(n) for n in ("BOS", "SEP", "DEMO")}
     assert (mask.sum(1) == world.max_len + 1).all()          # L moves + STOP per sequence
     assert not any(int(t) in specials for t in y[mask])     # never a prompt or demonstration token
+
+
+def test_gpu_config_runs_reduced_on_cpu(tmp_path, capsys):
+    """`pcmi train --config gpu --reduced`: the gpu preset's graph world (4 routes, depth 2, branching 3,
+    24 prompts) and code path, end to end on the CPU at the REDUCED size (about half a minute)."""
+    import json
+
+    from pcmi.cli import main as pcmi_main
+    from pcmi.training.config import PRESETS, REDUCED
+    out = tmp_path / "gpu_reduced"
+    assert pcmi_main(["train", "--config", "gpu", "--reduced", "--out", str(out), "--device", "cpu"]) == 0
+    assert "config gpu (reduced)" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    gpu = PRESETS["gpu"].to_dict()
+    assert s["config_name"] == "gpu (reduced)" and s["device"] == "cpu"
+    for k in ("k_routes", "depth", "branching", "n_sources", "n_targets"):  # the gpu world itself
+        assert s["config"][k] == gpu[k]
+    assert all(s["config"][k] == v for k, v in REDUCED.items())
+    assert len(s["prompts"]) == gpu["n_sources"] * gpu["n_targets"]

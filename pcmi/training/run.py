@@ -85,13 +85,17 @@ def _say(log, msg: str) -> None:
 
 
 def run_train(config="tiny", method="both", out="runs/train", seed=0, device=None, *,
-              stop_after: int | None = None, progress: bool = True, figures: bool = True, log=None) -> dict:
+              stop_after: int | None = None, progress: bool = True, figures: bool = True, log=None,
+              config_name: str | None = None) -> dict:
     """Train and evaluate; returns the summary (also written to out/summary.json).
     stop_after: raise train.StageInterrupted after that many optimizer steps in this call
     (a simulated kill; call again to resume). log: a callable receiving one-line messages
     (checkpoint reuse, warnings); None is silent. torch runs on cfg.threads CPU threads
-    (restored afterwards): trained numbers depend on the thread count."""
+    (restored afterwards): trained numbers depend on the thread count. config_name: the name the
+    summary records (default: the preset's name, or "custom" for a TrainConfig)."""
     cfg = get_config(config)
+    if config_name is None:
+        config_name = config if isinstance(config, str) else "custom"
     if method not in METHODS:
         raise PcmiInputError(f"unknown method {method!r}; expected rl, sdsd or both")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -104,7 +108,7 @@ def run_train(config="tiny", method="both", out="runs/train", seed=0, device=Non
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train_and_evaluate(cfg, config, method, out, summary_path, int(seed), dev,
+        return _train_and_evaluate(cfg, config_name, method, out, summary_path, int(seed), dev,
                                    stop_after, progress, figures, log)
     finally:
         torch.set_num_threads(threads)
@@ -139,7 +143,7 @@ def _train_and_evaluate(cfg, config, method, out, summary_path, seed, dev, stop_
     prompts = [evaluate_prompt(models, world, i, cfg.beta, ks=cfg.ks, device=dev) for i in range(len(world.laws))]
     eval_s = time.perf_counter() - t0
     summary = {
-        "config": cfg.to_dict(), "config_name": config if isinstance(config, str) else "custom",
+        "config": cfg.to_dict(), "config_name": config,
         "method": method, "methods": [m for m in models if m != "base"], "seed": seed, "device": str(dev),
         "torch": torch.__version__, "threads": cfg.threads, "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
