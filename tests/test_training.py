@@ -100,7 +100,18 @@ def test_tiny_summary_is_complete(tiny_run):
         assert 0 <= p["teacher_tv"] <= 1
     assert set(s["theory_check"]) == {"rl->rl", "sdsd->sdsd_token", "sdsd->sdsd_onpolicy"}
     h = s["stages"]["sdsd"]["history"]
-    assert all({"masked_only_success", "skipped_prompts"} <= set(r) for r in h)
+    assert all({"masked_only_success", "skipped_prompts", "groups_two_successes"} <= set(r) for r in h)
+    assert all("groups_two_successes" in r for r in s["stages"]["rl"]["history"])
+
+
+def test_groups_with_two_successes_counts_per_group():
+    """Groups of 4: (1,1,0,0) has two successes, (1,0,0,0) one, (0,0,0,0) none, (1,1,1,1) four → 2/4."""
+    from types import SimpleNamespace
+
+    from pcmi.training.train import groups_with_two_successes
+    r = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float)
+    assert groups_with_two_successes(SimpleNamespace(reward=r), 4) == 0.5
+    assert groups_with_two_successes(SimpleNamespace(reward=r), 2) == 3 / 8   # pairs (1,1), (1,1), (1,1) of 8
 
 
 def test_tiny_each_method_is_closer_to_its_own_closed_form(tiny_run):

@@ -240,7 +240,14 @@ def rl_step(model, ref_model, opt, world, cfg, rng, gen, valid):
     gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
     tokens = 3 * ro.n * (st["ctx_len"] + ro.tokens.shape[1])              # sample + policy + reference
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "kl_ref": st["kl_ref"],
-            "grad_norm": gnorm}, tokens
+            "grad_norm": gnorm, "groups_two_successes": groups_with_two_successes(ro, cfg.group_size)}, tokens
+
+
+def groups_with_two_successes(ro, group_size: int) -> float:
+    """Fraction of the step's groups with at least two successes: the groups in which SDSD has a
+    demonstration for a success (a lone success gets none), logged for RL and SDSD alike."""
+    r = ro.reward.view(-1, group_size) > 0                                  # (prompts, group)
+    return float((r.sum(dim=1) >= 2).float().mean())
 
 
 # ----------------------------------------------------------------------------- SDSD
@@ -304,7 +311,8 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid):
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
             "masked_only_success": n_only, "skipped_prompts": n_skipped,
-            "demo_fraction": st["demo_fraction"]}, tokens
+            "demo_fraction": st["demo_fraction"],
+            "groups_two_successes": groups_with_two_successes(ro, cfg.group_size)}, tokens
 
 
 @torch.no_grad()
