@@ -231,3 +231,18 @@ def test_gpu_config_runs_reduced_on_cpu(tmp_path, capsys):
         assert s["config"][k] == gpu[k]
     assert all(s["config"][k] == v for k, v in REDUCED.items())
     assert len(s["prompts"]) == gpu["n_sources"] * gpu["n_targets"]
+
+
+def test_null_baseline_trains_and_is_reported_without_a_closed_form(tmp_path):
+    """--method negative: the fixed-negative-advantage null baseline trains, is evaluated exactly like the
+    others, logs groups_two_successes, and has no theory check of its own (it has no closed form)."""
+    cfg = get_config("tiny").replace(post_steps=10)
+    s = run_train(cfg, method="negative", out=str(tmp_path), seed=0, device="cpu", progress=False, figures=True)
+    assert s["methods"] == ["negative"] and "negative" in s["mean"]
+    h = s["stages"]["negative"]["history"]
+    assert len(h) == 10 and all(0 <= r["groups_two_successes"] <= 1 for r in h)
+    assert s["theory_check"] == {}
+    pol = s["prompts"][0]["policies"]["negative"]
+    assert abs(pol["total_prob"] - 1) < 1e-9 and "tv_rl" in pol["distances"]
+    from pcmi.training.run import results_table
+    assert "negative" in results_table(s)

@@ -283,3 +283,10 @@ def test_every_loss_mode_trains_with_a_stop_gradient_teacher(world, spec):
     grads = _grads(model, live)
     assert any(g is not None and float(g.abs().max()) > 0 for g in grads)
     _assert_same_grads(grads, _grads(model, const))
+
+
+def test_negative_advantages_are_minus_one_on_failures_only():
+    from pcmi.training.train import negative_advantages
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    assert negative_advantages(r).tolist() == [0.0, -1.0, 0.0, -1.0, -1.0]
+    assert negative_advantages(r, 0.5).tolist() == [0.0, -0.5, 0.0, -0.5, -0.5]

@@ -8,8 +8,9 @@ import sys
 def add_train_arguments(t) -> None:
     """Arguments of `pcmi train` on an argparse (sub)parser."""
     t.add_argument("--config", default="tiny", help="tiny | small | gpu")
-    t.add_argument("--method", default="both", choices=["rl", "sdsd", "both"],
-                   help="into a folder holding the other method's finished checkpoint, its results are kept")
+    t.add_argument("--method", default="both", choices=["rl", "sdsd", "negative", "both", "all"],
+                   help="negative = the null baseline (fixed negative advantage on failures); all = rl, sdsd and "
+                        "negative; into a folder holding another method's finished checkpoint, its results are kept")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
@@ -41,8 +42,8 @@ def train_command(args) -> int:
     name = f"{args.config} (reduced)" if args.reduced else args.config
     summary = run_train(config=cfg if (args.threads is not None or args.reduced) else args.config, method=args.method,
                         out=args.out, seed=args.seed, device=args.device, log=_log, config_name=name)
-    print(f"results in {os.path.abspath(args.out)}: summary.json, training_curves.png, pass_at_k.png, "
-          f"theory_vs_training.png (config {name}, seed {args.seed}, {summary['device']}, "
-          f"{summary['threads']} thread(s))")
+    figs = ["training_curves.png", "pass_at_k.png"] + (["theory_vs_training.png"] if summary["theory_check"] else [])
+    print(f"results in {os.path.abspath(args.out)}: summary.json, {', '.join(figs)} (config {name}, seed {args.seed}, "
+          f"{summary['device']}, {summary['threads']} thread(s))")
     print(results_table(summary))
     return 0

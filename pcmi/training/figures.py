@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-COLORS = {"base": "tab:gray", "rl": "tab:blue", "sdsd": "tab:red"}
+COLORS = {"base": "tab:gray", "rl": "tab:blue", "sdsd": "tab:red", "negative": "tab:olive"}
 
 
 def _plt():
@@ -30,7 +30,7 @@ def write_figures(summary: dict, out: str) -> list[str]:
     h = st["pretrain"]["history"]
     ax[0].plot([r["step"] for r in h], [r["loss"] for r in h], color="k")
     ax[0].set(title="pretraining (completion NLL)", xlabel="step", yscale="log")
-    for m in ("rl", "sdsd"):
+    for m in ("rl", "sdsd", "negative"):
         if m in st:
             h = st[m]["history"]
             x = [r["step"] for r in h]
@@ -46,7 +46,7 @@ def write_figures(summary: dict, out: str) -> list[str]:
     # 2. pass@k (exact, mean over prompts)
     ks = np.unique(np.round(np.logspace(0, np.log10(64), 20)).astype(int))
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for name in ("base", "rl", "sdsd"):
+    for name in ("base", "rl", "sdsd", "negative"):
         if name in summary["prompts"][0]["policies"]:
             p = np.array([q["policies"][name]["success"] for q in summary["prompts"]])
             ax.plot(ks, [np.mean(1 - (1 - p) ** k) for k in ks], marker=".", color=COLORS[name], label=name)
@@ -58,6 +58,8 @@ def write_figures(summary: dict, out: str) -> list[str]:
     # 3. theory vs training: predicted vs trained log-probs, every rollout of every prompt
     panels = [(m, pred) for m, pred in (("rl", "pred_rl"), ("sdsd", "pred_sdsd_token"), ("sdsd", "pred_sdsd_onpolicy"))
               if m in summary["prompts"][0]["policies"]]
+    if not panels:  # only the null baseline was trained: it has no closed form to compare with
+        return paths
     fig, ax = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4), squeeze=False)
     own = dict(panels)
     for a, (m, pred) in zip(ax[0], panels):

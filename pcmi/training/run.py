@@ -18,7 +18,10 @@ from .data import make_world
 from .evaluate import evaluate_prompt
 from .train import checkpoint_matches, load_checkpoint, new_model, run_stage
 
-METHODS = {"rl": ["rl"], "sdsd": ["sdsd"], "both": ["rl", "sdsd"]}
+#: "negative" is the null baseline: a fixed negative advantage on failures, no demonstration information
+METHODS = {"rl": ["rl"], "sdsd": ["sdsd"], "negative": ["negative"], "both": ["rl", "sdsd"],
+           "all": ["rl", "sdsd", "negative"]}
+TRAINED = ("rl", "sdsd", "negative")
 SCALARS = ("success", "pass@1", "pass@8", "pass@64", "distinct_correct@1", "distinct_correct@8",
            "distinct_correct@64", "correct_entropy", "effective_correct", "strategy_mass_entropy",
            "ood_success", "ratio_distortion")
@@ -64,7 +67,7 @@ def _earlier_methods(out, requested, cfg, world, base, seed, dev, log) -> dict:
     earlier run left in `out`: merged into this run's summary so that, e.g., `--method rl` into a
     `both` folder keeps SDSD's results."""
     found = {}
-    for m in ("rl", "sdsd"):
+    for m in TRAINED:
         path = os.path.join(out, f"ckpt_{m}.pt")
         if m in requested or not os.path.exists(path):
             continue
@@ -97,7 +100,7 @@ def run_train(config="tiny", method="both", out="runs/train", seed=0, device=Non
     if config_name is None:
         config_name = config if isinstance(config, str) else "custom"
     if method not in METHODS:
-        raise PcmiInputError(f"unknown method {method!r}; expected rl, sdsd or both")
+        raise PcmiInputError(f"unknown method {method!r}; expected {', '.join(METHODS)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise PcmiInputError(f"seed must be a non-negative integer, got {seed!r}")
     dev = resolve_device(device)
@@ -137,7 +140,7 @@ def _train_and_evaluate(cfg, config, method, out, summary_path, seed, dev, stop_
         models[m] = model.eval()
     for m, (model, st) in _earlier_methods(out, METHODS[method], cfg, world, base, seed, dev, log).items():
         models[m], stages[m] = model, {**st, "resumed_from": st["step"], "from_earlier_run": True}
-    models = {k: models[k] for k in ("base", "rl", "sdsd") if k in models}
+    models = {k: models[k] for k in ("base", *TRAINED) if k in models}
 
     t0 = time.perf_counter()
     prompts = [evaluate_prompt(models, world, i, cfg.beta, ks=cfg.ks, device=dev) for i in range(len(world.laws))]
@@ -196,7 +199,7 @@ def theory_check(prompts: list, trained: list) -> dict:
     method's prediction and to the base? Lists the prompts where it is not."""
     out = {}
     for m in trained:
-        if m == "base":
+        if m not in OWN_PREDICTIONS:  # base, and the null baseline (no closed form of its own)
             continue
         other = "sdsd_token" if m == "rl" else "rl"
         for own in OWN_PREDICTIONS[m]:
@@ -220,7 +223,7 @@ def results_table(summary: dict) -> str:
             ("strategy_mass_entropy", "strategy H"), ("ood_success", "OOD success"))
     head = f"{'policy':<20}" + "".join(f"{c:>12}" for _, c in cols) + "  TV to own prediction"
     lines = [head]
-    rows = ["base"] + [r for m in summary["methods"] for r in (m, *(f"pred_{p}" for p in OWN_PREDICTIONS[m]))]
+    rows = ["base"] + [r for m in summary["methods"] for r in (m, *(f"pred_{p}" for p in OWN_PREDICTIONS.get(m, ())))]
     for name in dict.fromkeys(rows):
         m = summary["mean"][name]
         own = ""

@@ -77,7 +77,8 @@ def stage_seed(seed: int, stage: str) -> int:
 
 def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, *,
               ref_model=None, stop_after: int | None = None, progress: bool = True, log=None) -> dict:
-    """Train `model` in place for the stage ("pretrain", "rl" or "sdsd"); resumes from ckpt_path.
+    """Train `model` in place for the stage ("pretrain", "rl", "sdsd" or the null baseline "negative");
+    resumes from ckpt_path.
     Returns the stage state {"step", "history", "wall_s", "tokens", "done", "resumed_from", ...}."""
     n_steps = cfg.pretrain_steps if stage == "pretrain" else cfg.post_steps
     if stage == "pretrain":
@@ -130,6 +131,8 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
             log_row, tokens = pretrain_step(model, opt, world, cfg, rng, device)
         elif stage == "rl":
             log_row, tokens = rl_step(model, ref_model, opt, world, cfg, rng, gen, valid)
+        elif stage == "negative":
+            log_row, tokens = negative_step(model, opt, world, cfg, rng, gen, valid)
         else:
             log_row, tokens = sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid)
             if cfg.teacher == "ema":
@@ -248,6 +251,27 @@ def groups_with_two_successes(ro, group_size: int) -> float:
     demonstration for a success (a lone success gets none), logged for RL and SDSD alike."""
     r = ro.reward.view(-1, group_size) > 0                                  # (prompts, group)
     return float((r.sum(dim=1) >= 2).float().mean())
+
+
+# ----------------------------------------------------------------------------- null baseline
+def negative_advantages(reward, penalty: float = 1.0):
+    """The null baseline's fixed advantage: −penalty on failures, 0 on successes (no reference, no
+    group baseline, no demonstration: only "move away from what failed", arXiv 2608.31046)."""
+    return torch.where(reward > 0, torch.zeros_like(reward), torch.full_like(reward, -penalty))
+
+
+def negative_step(model, opt, world, cfg, rng, gen, valid):
+    """One step of the null baseline: REINFORCE with the fixed negative advantage on failures."""
+    model.eval()
+    ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
+    model.train()
+    ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
+    logp = sequence_logprob(completion_logits(model, ctx, ro.tokens), ro.tokens, ro.mask)       # (N,)
+    loss = policy_gradient_loss(negative_advantages(ro.reward.float()), logp)
+    gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
+    tokens = 2 * ro.n * (ctx.shape[1] + ro.tokens.shape[1])                 # sample + policy
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
+            "groups_two_successes": groups_with_two_successes(ro, cfg.group_size)}, tokens
 
 
 # ----------------------------------------------------------------------------- SDSD
