@@ -232,6 +232,18 @@ def children_of(tree) -> dict:
     return kids
 
 
+def root_to_leaf_paths(tree) -> list:
+    """[the nodes from the root to leaf i] for every rollout i, by a plain loop over parent[]."""
+    paths = []
+    for i in range(tree.n_leaves):
+        path, v = [], int(tree.leaf_node[i])
+        while v != -1:
+            path.append(v)
+            v = int(tree.parent[v])
+        paths.append(path[::-1])
+    return paths
+
+
 @st.composite
 def tree_logits(draw, tree, masked: bool = False, logit=grid_logit):
     """θ (one logit per tree node, root 0) for a tabular policy on `tree`. With masked=True some

@@ -37,7 +37,7 @@ from pcmi.instance import Instance, demos_from_successes  # noqa: E402
 from pcmi.objectives import LossMode  # noqa: E402
 from pcmi.tabular import Siblings, TabularPolicy  # noqa: E402
 from pcmi.teachers import KernelTeacher, LatentStrategyTeacher  # noqa: E402
-from pcmi.testing import (children_of, graph_instances, prefix_trees, route_copying_instances, tabular_policies,  # noqa: E402
+from pcmi.testing import (children_of, root_to_leaf_paths, graph_instances, prefix_trees, route_copying_instances, tabular_policies,  # noqa: E402
                           tabular_problems, tree_instances)
 
 F64 = torch.float64   # every tensor here is float64 (the session's default dtype is left alone)
@@ -113,13 +113,7 @@ class Oracle:
             m = t[fin].max()
             lc[ks] = np.where(fin, t - (m + np.log(np.sum(np.exp(t[fin] - m)))), -np.inf)
         self.lc = lc
-        paths = []
-        for i in range(tree.n_leaves):
-            path, v = [], int(tree.leaf_node[i])
-            while v != -1:
-                path.append(v)
-                v = int(tree.parent[v])
-            paths.append(path[::-1])
+        paths = root_to_leaf_paths(tree)
         self.log_pi = np.array([lc[p[1:]].sum() for p in paths])
         on = np.flatnonzero(np.isfinite(self.log_pi))
         self.w, log_T = demo_classes(teacher, log_D, tree)

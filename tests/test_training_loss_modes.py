@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 from pcmi.errors import PcmiInputError  # noqa: E402
 from pcmi.estimators import expected_gradient, expected_gradients  # noqa: E402
 from pcmi.objectives import LossMode  # noqa: E402
-from pcmi.testing import children_of, tabular_problems  # noqa: E402
+from pcmi.testing import children_of, root_to_leaf_paths, tabular_problems  # noqa: E402
 from pcmi.training.losses import (LOGIT_FLOOR, per_token_divergence, per_token_loss,  # noqa: E402
                                   sequence_reward_to_go_loss)
 
@@ -68,13 +68,7 @@ def rollout_batch(inst, policy) -> RolloutBatch:
     tree = inst.tree
     kids = children_of(tree)
     V = max(len(k) for k in kids.values())
-    paths = []
-    for i in range(tree.n_leaves):
-        path, v = [], int(tree.leaf_node[i])
-        while v != -1:
-            path.append(v)
-            v = int(tree.parent[v])
-        paths.append(path[::-1])
+    paths = root_to_leaf_paths(tree)
     ws, rows = [], []
     for log_w, log_T in inst.teacher.demo_classes(inst.log_demos, tree):
         ws.append(np.exp(np.asarray(log_w, float)))
