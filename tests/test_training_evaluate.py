@@ -91,3 +91,17 @@ def test_theory_check_direction():
     out = theory_check(prompts, ["base", "rl", "sdsd"])
     for key in ("rl->rl", "sdsd->sdsd_token", "sdsd->sdsd_onpolicy"):
         assert out[key]["n_closer_to_own"] == 1 and [f["prompt"] for f in out[key]["not_closer"]] == [1, 2]
+
+
+def test_onpolicy_prediction_follows_the_trained_loss_mode(route_instance):
+    """The trainer's sdsd_onpolicy prediction is the frozen-teacher fixed point of the mode it trained
+    (TrainConfig.loss()): JS α = 0.5 lands elsewhere than reverse KL, and is certified."""
+    from pcmi.flows import on_policy_fixed_point
+    from pcmi.objectives import LossMode
+    inst = route_instance
+    js = LossMode("full", 0.5)
+    fp = on_policy_fixed_point(inst, js, "frozen")
+    assert fp.certificate()["certified"]
+    pred = sdsd_onpolicy_fixed_point(inst, mode=js)
+    assert pcmi.total_variation(pred, fp.log_pi) < 1e-12
+    assert pcmi.total_variation(pred, sdsd_onpolicy_fixed_point(inst)) > 1e-4

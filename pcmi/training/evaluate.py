@@ -102,25 +102,28 @@ def teacher_fit(model_T: KernelTeacher, world, prompt: int, rollouts) -> dict:
             "base_kl_data_to_model": pcmi.kl(log_data, rollouts.log_prob)}
 
 
-def closed_form_predictions(base, teacher, beta: float) -> dict:
-    """The pcmi optima from the pretrained model itself: D = π_θ0(· | r = 1), T = T_θ0."""
+def closed_form_predictions(base, teacher, beta: float, mode=None) -> dict:
+    """The pcmi optima from the pretrained model itself: D = π_θ0(· | r = 1), T = T_θ0; sdsd_onpolicy is
+    the frozen-teacher on-policy fixed point of `mode` (default full α = 1)."""
     inst = pcmi.Instance(base.log_prob, base.reward, teacher,
                          pcmi.demos_from_successes(base.log_prob, base.reward),
                          route=base.route, tree=base.tree)
     return {"sdsd_sequence": pcmi.sdsd_optimum(inst), "sdsd_token": pcmi.sdsd_token_optimum(inst),
-            "sdsd_onpolicy": sdsd_onpolicy_fixed_point(inst),
+            "sdsd_onpolicy": sdsd_onpolicy_fixed_point(inst, mode=mode),
             "forward_kl": pcmi.forward_kl_optimum(inst), "rl": pcmi.rl_optimum(base.log_prob, base.reward, beta),
             "base": base.log_prob}
 
 
-def sdsd_onpolicy_fixed_point(inst, rounds: int = 500, tol: float = 1e-10) -> np.ndarray:
+def sdsd_onpolicy_fixed_point(inst, rounds: int = 500, tol: float = 1e-10, mode=None) -> np.ndarray:
     """What the trainer converges to with a fixed teacher T_θ0 but on-policy demonstrations
-    (a correct sibling from the current group): the certified on-policy fixed point of the full
-    α = 1 mode with a frozen teacher (`pcmi.flows.on_policy_fixed_point`, ‖G‖ ≤ tol), i.e. the
-    limit of π_{k+1} = sdsd_token_optimum with D_k = π_k(· | r = 1) from π0."""
+    (a correct sibling from the current group): the certified on-policy fixed point of the loss mode
+    (default full α = 1) with a frozen teacher (`pcmi.flows.on_policy_fixed_point`, ‖G‖ ≤ tol); for
+    full α = 1 the limit of π_{k+1} = sdsd_token_optimum with D_k = π_k(· | r = 1) from π0. A live
+    or EMA teacher's network cannot be rebuilt exactly, so this is the frozen-teacher prediction."""
     from pcmi.flows import on_policy_fixed_point
     from pcmi.objectives import LossMode
-    return on_policy_fixed_point(inst, LossMode("full"), "frozen", tol=tol, max_rounds=rounds).log_pi
+    return on_policy_fixed_point(inst, LossMode("full") if mode is None else mode, "frozen", tol=tol,
+                                 max_rounds=rounds).log_pi
 
 
 def distances(log_pi, predictions: dict) -> dict:
@@ -132,11 +135,12 @@ def distances(log_pi, predictions: dict) -> dict:
     return out
 
 
-def evaluate_prompt(models: dict, world, prompt: int, beta: float, ks=(1, 8, 64), device="cpu") -> dict:
-    """Everything for one prompt. models: {"base": θ0, "rl": θ_RL, "sdsd": θ_SD} (any subset with base)."""
+def evaluate_prompt(models: dict, world, prompt: int, beta: float, ks=(1, 8, 64), device="cpu", mode=None) -> dict:
+    """Everything for one prompt. models: {"base": θ0, "rl": θ_RL, "sdsd": θ_SD} (any subset with base);
+    mode: the SDSD loss mode trained (`TrainConfig.loss()`), whose frozen-teacher fixed point is predicted."""
     base = enumerate_model(models["base"], world, prompt, device=device)
     teacher = model_teacher(models["base"], world, prompt, base, device=device)
-    preds = closed_form_predictions(base, teacher, beta)
+    preds = closed_form_predictions(base, teacher, beta, mode)
     g = world.graph
     z_dom = dominant_route(base)
     blocked = base.uses_edges(concept_edges(g, z_dom))

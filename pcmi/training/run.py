@@ -143,7 +143,8 @@ def _train_and_evaluate(cfg, config, method, out, summary_path, seed, dev, stop_
     models = {k: models[k] for k in ("base", *TRAINED) if k in models}
 
     t0 = time.perf_counter()
-    prompts = [evaluate_prompt(models, world, i, cfg.beta, ks=cfg.ks, device=dev) for i in range(len(world.laws))]
+    prompts = [evaluate_prompt(models, world, i, cfg.beta, ks=cfg.ks, device=dev, mode=cfg.loss())
+               for i in range(len(world.laws))]
     eval_s = time.perf_counter() - t0
     summary = {
         "config": cfg.to_dict(), "config_name": config,
