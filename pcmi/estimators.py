@@ -115,7 +115,7 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, 
     if cache is not None and key in cache:
         v, nat, coef, seg_div, undefined = cache[key]
     else:
-        v, nat, coef, seg_div, undefined = _mean_blocks(policy, log_q, mode, lp, p)
+        v, nat, coef, seg_div, undefined = _mean_blocks(policy, log_q, mode, lp, p, cache)
         if cache is not None and key is not None:
             cache[key] = (v, nat, coef, seg_div, undefined)
     if mode.kind in ("sampled", "sampled-baseline"):
@@ -131,14 +131,21 @@ def _per_token_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, 
     return v, nat, diag, seg_div, undefined
 
 
-def _mean_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, lp, p):
-    """(v, v/p_eff, coef, divergence per segment, undefined segments) of a per-token mode."""
+def _mean_blocks(policy: TabularPolicy, log_q: np.ndarray, mode: LossMode, lp, p, cache: dict | None = None):
+    """(v, v/p_eff, coef, divergence per segment, undefined segments) of a per-token mode; `cache`
+    shares a top-k set between the modes that select it (with and without the tail)."""
     sib: Siblings = policy.sib
     B, N = log_q.shape
     if mode.kind == "topk":
-        key = lp if mode.topk_of == "student" else log_q
-        in_k = np.broadcast_to(sib.top_k(key, mode.topk), (B, N)).copy()
-        in_k[:, 0] = False
+        mkey = ("topk", mode.topk_of, mode.topk)
+        if cache is not None and mkey in cache:
+            in_k = cache[mkey]
+        else:
+            key = lp if mode.topk_of == "student" else log_q
+            in_k = np.broadcast_to(sib.top_k(key, mode.topk), (B, N)).copy()
+            in_k[:, 0] = False
+            if cache is not None:
+                cache[mkey] = in_k
     ninf = -np.inf
     if mode.kind == "topk" and not mode.tail:  # renormalize both on the top-k set
         lpk = np.where(in_k, lp, ninf)
