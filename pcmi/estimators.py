@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .distributions import prob_of
+from .distributions import check_log_probs, float_array, prob_of
 from .errors import PcmiInputError
 from .objectives import LossMode, divergence_terms, loss_mode
 from .tabular import Siblings, TabularPolicy
@@ -232,9 +232,10 @@ def expected_gradients(policy: TabularPolicy, teacher, log_D, modes) -> list[Gra
     """`expected_gradient` for several modes at once (the teacher's conditionals are computed once)."""
     modes = [loss_mode(m) for m in modes]
     tree, sib = policy.tree, policy.sib
-    log_D = np.asarray(log_D, float)
+    log_D = float_array(log_D, "demonstrations D", ndim=1)
     if log_D.shape != (tree.n_leaves,):
         raise PcmiInputError(f"demonstrations D have {log_D.size} entries but the tree has {tree.n_leaves} rollouts")
+    log_D = check_log_probs(log_D, "demonstrations D")  # NaN, +inf or a law not summing to 1: one line
     mu = policy.reach
     parent0 = np.r_[0, tree.parent[1:]]
     mu_par = np.r_[0.0, mu[tree.parent[1:]]]
@@ -276,7 +277,7 @@ def expected_gradients(policy: TabularPolicy, teacher, log_D, modes) -> list[Gra
             a["nat"] += w @ u
     if w_total <= 0:
         raise PcmiInputError("the demonstrations D have no mass: the loss needs at least one demonstration")
-    # D sums to 1 up to rounding: no renormalization, so the gradient is that of the stated loss
+    # D was validated and renormalized above (check_log_probs), so the gradient is that of the stated loss
     masked = ~np.isfinite(policy.theta)
     out = []
     for mode, a in zip(modes, acc):
@@ -307,20 +308,23 @@ class Bias:
 ZERO_NORM = 1e-14
 
 
-def _cos_ratio(a_dot_b, na, nb):
-    na, nb = np.where(na > ZERO_NORM, na, 0.0), np.where(nb > ZERO_NORM, nb, 0.0)
-    both = (na > 0) & (nb > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(both, a_dot_b / np.where(both, na * nb, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
-        ratio = np.where(nb > 0, na / np.where(nb > 0, nb, 1.0), np.where(na == 0, 1.0, np.inf))
+def _cos_ratio(a_dot_b, ss_a, ss_b):
+    """(cos, ‖a‖/‖b‖) from a·b and the squared norms; cos = a·b / √(‖a‖²‖b‖²), which is exactly 1
+    for a = b (a·b / (‖a‖‖b‖) can round to 1 − 2e-16)."""
+    na, nb = np.sqrt(ss_a), np.sqrt(ss_b)
+    za, zb = na <= ZERO_NORM, nb <= ZERO_NORM
+    both = ~za & ~zb
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cos = np.where(both, a_dot_b / np.sqrt(np.where(both, ss_a * ss_b, 1.0)), np.where(za & zb, 1.0, 0.0))
+        ratio = np.where(~zb, np.where(za, 0.0, na) / np.where(zb, 1.0, nb), np.where(za, 1.0, np.inf))
     return np.clip(cos, -1.0, 1.0), ratio
 
 
 def gradient_bias(grad, reference, siblings: Siblings) -> Bias:
     """Cosine and norm ratio of `grad` against `reference` (e.g. `sequence_gradient`)."""
     g, r = np.asarray(grad, float), np.asarray(reference, float)
-    c, q = _cos_ratio(np.array(g @ r), np.array(np.sqrt(g @ g)), np.array(np.sqrt(r @ r)))
-    pc, pq = _cos_ratio(siblings.sum(g * r), np.sqrt(siblings.sum(g * g)), np.sqrt(siblings.sum(r * r)))
+    c, q = _cos_ratio(np.array(g @ r), np.array(g @ g), np.array(r @ r))
+    pc, pq = _cos_ratio(siblings.sum(g * r), siblings.sum(g * g), siblings.sum(r * r))
     return Bias(float(c), float(q), pc, pq)
 
 

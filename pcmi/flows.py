@@ -81,8 +81,7 @@ def _record(k, inst, policy, rep, blocked) -> FlowRecord:
     lp, r = policy.log_seq, inst.reward
     ent = strategy_mass_entropy(lp, r, inst.route) if inst.route is not None and has_reachable_success(lp, r) else None
     ood = ood_success(lp, r, blocked) if blocked is not None else None
-    return FlowRecord(k, lp, success(lp, r), ent, ood, rep.norm if rep is not None else float("nan"),
-                      rep.loss if rep is not None else float("nan"))
+    return FlowRecord(k, lp, success(lp, r), ent, ood, rep.norm, rep.loss)
 
 
 @dataclass
@@ -205,13 +204,13 @@ def _natural_move(policy: TabularPolicy, rep: GradientReport, mode: LossMode, la
     """λ·E_D v/p on the prefixes the student reaches, each logit moved by at most MAX_STEP (clip)."""
     move = lam * rep.direction
     if mode.kind == "topk" and not mode.tail:
-        move = _mean_zero_on_topk(policy, rep, move, mode)
+        move = _mean_zero_on_topk(policy, rep, move)
     if clip:
         move = np.clip(move, -MAX_STEP, MAX_STEP)
     return np.where(np.isfinite(policy.log_prefix[reached_par]), move, 0.0)
 
 
-def _mean_zero_on_topk(policy: TabularPolicy, rep: GradientReport, move, mode: LossMode):
+def _mean_zero_on_topk(policy: TabularPolicy, rep: GradientReport, move):
     """The step minus its mean over the nonzero entries of each prefix (the top-k set it acts on)."""
     sib = policy.sib
     on = (rep.direction != 0).astype(float)
