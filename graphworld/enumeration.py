@@ -7,6 +7,7 @@ Leaf arrays: path, log π0, reward, route label, outcome.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -28,18 +29,23 @@ class PrefixTree:
     """
     parent: np.ndarray
     leaf_node: np.ndarray
-    depth: np.ndarray = field(init=False)
+    depth: np.ndarray | None = None  # computed when not given; checked (one pass) when given
 
     def __post_init__(self):
         self.parent = np.asarray(self.parent, dtype=np.int64)
         self.leaf_node = np.asarray(self.leaf_node, dtype=np.int64)
         if self.parent[0] != -1 or np.any(self.parent[1:] >= np.arange(1, len(self.parent))):
             raise GraphworldError("prefix tree nodes must be numbered parents-first")
-        depth = np.zeros(len(self.parent), dtype=np.int64)
-        for c in range(1, len(self.parent)):
-            depth[c] = depth[self.parent[c]] + 1
-        self.depth = depth
-        self._levels = [np.flatnonzero(depth == d) for d in range(int(depth.max()) + 1)]
+        if self.depth is None:
+            self.depth = _depths(self.parent)
+        else:
+            self.depth = np.asarray(self.depth, dtype=np.int64)
+            if self.depth.shape != self.parent.shape or self.depth[0] != 0 or \
+                    np.any(self.depth[1:] != self.depth[self.parent[1:]] + 1):
+                raise GraphworldError("prefix tree depths must be 0 at the root and parent's depth + 1 elsewhere")
+        depth = self.depth
+        order = np.argsort(depth, kind="stable")
+        self._levels = np.split(order, np.cumsum(np.bincount(depth))[:-1])
 
     @classmethod
     def flat(cls, n: int) -> "PrefixTree":
@@ -77,6 +83,19 @@ class PrefixTree:
         out = np.full(self.n_nodes, -np.inf)
         np.logaddexp.at(out, self.parent[1:], np.asarray(node_log, dtype=float)[1:])
         return out
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node by pointer doubling: O(N log depth), no Python loop over nodes."""
+    depth = (parent >= 0).astype(np.int64)
+    anc = parent.copy()
+    while True:
+        up = anc >= 0
+        up[up] = anc[anc[up]] >= 0  # nodes whose ancestor still has an ancestor
+        if not up.any():
+            return depth
+        depth[up] += depth[anc[up]]
+        anc[up] = anc[anc[up]]
 
 
 def fail_token(route: int, prefix_route: int):
@@ -145,6 +164,10 @@ def enumerate_rollouts(task: Task, policy, *, pool_failures: bool = True,
     (every open prefix ends in at least one rollout), before the work is spent.
     """
     cap = _check_cap(max_leaves)
+    if getattr(policy, "markov", False):
+        table = _markov_table(task, policy)
+        if table is not None:
+            return _enumerate_markov(task, policy, table, pool_failures, cap)
     g, t, L = task.graph, task.target, task.max_len
     has_stop = bool(getattr(policy, "has_stop", True))
     dist = nx.single_target_shortest_path_length(g, t)
@@ -223,3 +246,194 @@ def _outcome(g, dist, t, L, has_stop, u, d, tok):
     if dist.get(tok, np.inf) > L - (d + 1) or (not has_stop and g.out_degree(tok) == 0):
         return "dead_end"
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Markov policies (π(next | path) depends on the last node only, e.g. EdgePolicy): one level of
+# the tree at a time with numpy, paths kept as parent pointers and built once for the leaves.
+
+_CODES = ("success", "stop_elsewhere", "invalid_move", "dead_end", "truncated", "fail")
+_CONTINUE = -1
+
+
+def _markov_table(task: Task, policy):
+    """Per graph node u (index), its actions: token ids (nodes 0..V−1, STOP = V) and log-probs,
+    as CSR arrays (offsets, tokens, log-probs), from one call of the policy; None if a token is
+    neither a graph node nor STOP (the generic enumeration handles it)."""
+    g = task.graph
+    nodes = list(g.nodes)
+    index = {v: i for i, v in enumerate(nodes)}
+    V = len(nodes)
+    dists = policy.next_logprobs(task, [(v,) for v in nodes])
+    offsets, toks, lps = [0], [], []
+    for lp in dists:
+        for tok, v in lp.items():
+            v = float(v)
+            if not v > -np.inf:
+                continue
+            if tok == STOP:
+                toks.append(V)
+            elif tok in index and tok != FAIL:
+                toks.append(index[tok])
+            else:
+                return None
+            lps.append(v)
+        offsets.append(len(toks))
+    return nodes, index, np.array(offsets, np.int64), np.array(toks, np.int32), np.array(lps, float)
+
+
+def _segment_logsumexp(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """log Σ exp(x) over the segments x[starts[i]:starts[i+1]] (finite x)."""
+    m = np.maximum.reduceat(x, starts)
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(x)]))
+    return m + np.log(np.add.reduceat(np.exp(x - m[seg]), starts))
+
+
+def _enumerate_markov(task: Task, policy, table, pool_failures: bool, cap: int) -> RolloutSet:
+    g, t, L = task.graph, task.target, task.max_len
+    has_stop = bool(getattr(policy, "has_stop", True))
+    nodes, index, off, acts, lps = table
+    V = len(nodes)
+    STOP_ID, FAIL_ID = V, V + 1
+    dist = nx.single_target_shortest_path_length(g, t)
+    dist = dict(dist) if not isinstance(dist, dict) else dist
+    # per token id (nodes, then STOP): concept label, distance to t, out-degree
+    concept = np.array([-1 if g.nodes[v].get("concept") is None else int(g.nodes[v]["concept"]) for v in nodes]
+                       + [-1], np.int32)
+    dist_t = np.array([dist.get(v, np.inf) for v in nodes] + [np.inf])
+    outdeg = np.array([g.out_degree(v) for v in nodes] + [0], np.int64)
+    src = np.repeat(np.arange(V), np.diff(off))
+    is_edge = np.array([a == STOP_ID or g.has_edge(nodes[u], nodes[a]) for u, a in zip(src, acts)], bool)
+    t_id = index[t]
+
+    par, tok, lcond, label = [np.array([-1])], [np.array([index[task.source]])], [np.zeros(1)], \
+        [np.array([concept[index[task.source]]])]
+    level = [np.zeros(1, np.int32)]
+    leaf_ids, leaf_code = [], []
+    f_node, f_cur, f_z = np.array([0]), np.array([index[task.source]]), label[0].copy()
+    n_nodes, n_leaves, d = 1, 0, 0
+    while len(f_node):
+        deg = off[f_cur + 1] - off[f_cur]
+        stuck = deg == 0  # no action at all: the walk is stuck here
+        leaf_ids.append(f_node[stuck])
+        leaf_code.append(np.full(int(stuck.sum()), _CODES.index("dead_end")))
+        rep = np.repeat(np.arange(len(f_node)), deg)
+        pos = np.arange(len(rep)) - np.repeat(np.cumsum(deg) - deg, deg)
+        a = off[f_cur][rep] + pos
+        k, lc, zh = acts[a], lps[a], f_z[rep]
+        z = np.where((zh != -1) | (k == STOP_ID), zh, concept[k])
+        stop = k == STOP_ID
+        code = _outcome_codes(k, ~is_edge[a], f_cur[rep] == t_id, dist_t[k], outdeg[k], k == t_id, stop,
+                              d, L, has_stop)
+        pooled = (code != _CONTINUE) & (code != 0) if pool_failures else np.zeros(len(k), bool)
+        keep = ~pooled
+        # pooled failures: one leaf per (prefix, label), in label order, after the prefix's other children
+        pr, pz, plc = rep[pooled], z[pooled], lc[pooled]
+        if len(pr):
+            o = np.lexsort((pz, pr))
+            pr, pz, plc = pr[o], pz[o], plc[o]
+            starts = np.flatnonzero(np.r_[True, (pr[1:] != pr[:-1]) | (pz[1:] != pz[:-1])])
+            plc, pr, pz = _segment_logsumexp(plc, starts), pr[starts], pz[starts]
+        new_rep = np.r_[rep[keep], pr]
+        group = np.r_[np.zeros(int(keep.sum()), np.int64), np.ones(len(pr), np.int64)]
+        within = np.r_[pos[keep], pz]
+        order = np.lexsort((within, group, new_rep))
+        n_rep = new_rep[order]
+        n_tok = np.r_[k[keep], np.full(len(pr), FAIL_ID)][order]
+        n_lc = np.r_[lc[keep], plc][order]
+        n_z = np.r_[z[keep], pz][order]
+        n_zh = f_z[n_rep]
+        n_code = np.r_[code[keep], np.full(len(pr), _CODES.index("fail"))][order]
+        ids = n_nodes + np.arange(len(order))
+        is_leaf = n_code != _CONTINUE
+        n_leaves += int(stuck.sum()) + int(is_leaf.sum())
+        if n_leaves + int((~is_leaf).sum()) > cap:  # each open prefix ends in ≥ 1 rollout
+            raise _cap_error(cap, pool_failures)
+        # a FAIL:z leaf (its walks enter route z from an unlabelled prefix) gets the token id FAIL_ID + 1 + z
+        n_tok = np.where((n_tok == FAIL_ID) & (n_z != n_zh), FAIL_ID + 1 + n_z, n_tok)
+        par.append(f_node[n_rep])
+        tok.append(n_tok)
+        lcond.append(n_lc)
+        label.append(n_z)
+        level.append(np.full(len(ids), d + 1, np.int32))
+        leaf_ids.append(ids[is_leaf])
+        leaf_code.append(n_code[is_leaf])
+        n_nodes += len(ids)
+        f_node, f_cur, f_z = ids[~is_leaf], n_tok[~is_leaf], n_z[~is_leaf]
+        d += 1
+
+    parent, tok, lcond, label, level = (np.concatenate(a) for a in (par, tok, lcond, label, level))
+    del par, f_node, f_cur, f_z
+    leaf_ids, leaf_code = np.concatenate(leaf_ids), np.concatenate(leaf_code).astype(np.int8)
+    o = np.argsort(leaf_ids, kind="stable")
+    leaf_nodes, leaf_code = leaf_ids[o], leaf_code[o]
+    tree = PrefixTree(parent, leaf_nodes, level)
+    n_labels = int(label.max(initial=-1)) + 1
+    tok_obj = np.empty(V + 2 + n_labels, dtype=object)
+    tok_obj[:V] = nodes
+    tok_obj[STOP_ID], tok_obj[FAIL_ID] = STOP, FAIL
+    tok_obj[FAIL_ID + 1:] = [fail_token(zz, -1) for zz in range(n_labels)]
+    paths = _leaf_paths(tree, tok, leaf_nodes, tok_obj, STOP_ID)
+    node_logp = tree.path_sum(lcond)
+    outcome = np.array(_CODES, dtype=object)[leaf_code].tolist()
+    reward = (leaf_code == 0).astype(np.int64)
+    return RolloutSet(task, tree, tok_obj[tok].tolist(), lcond, paths, node_logp[leaf_nodes], reward,
+                      label[leaf_nodes].astype(np.int64), outcome)
+
+
+def _leaf_paths(tree: PrefixTree, tok: np.ndarray, leaf_nodes: np.ndarray, tok_obj, stop_id: int) -> "LeafPaths":
+    """Each leaf's path: the tokens from the root to it, STOP left out (built from parent pointers)."""
+    depth = tree.depth[leaf_nodes]
+    D = int(depth.max(initial=0))
+    ids = np.zeros((len(leaf_nodes), D + 1), np.int32)
+    cur = leaf_nodes.copy()
+    for col in range(D, -1, -1):  # column col: the ancestor at depth col (a row joins at its own depth)
+        on = depth >= col
+        ids[on, col] = tok[cur[on]]
+        cur[on] = tree.parent[cur[on]]
+    length = depth + 1 - (tok[leaf_nodes] == stop_id)
+    return LeafPaths(ids, length.astype(np.int32), tok_obj)
+
+
+class LeafPaths(Sequence):
+    """The leaves' paths as one (n, depth + 1) array of token ids and a length per leaf; indexing
+    gives the same tuples a list of paths would (graph nodes from s, then FAIL or FAIL:z if pooled)."""
+
+    def __init__(self, ids: np.ndarray, length: np.ndarray, tok_obj: np.ndarray):
+        self.ids, self.length, self.tok_obj = ids, length, tok_obj
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return tuple(self.tok_obj[self.ids[i, :self.length[i]]].tolist())
+
+    def __iter__(self):
+        rows = self.tok_obj[self.ids].tolist() if len(self) <= 4096 else None
+        for i in range(len(self)):
+            yield tuple(rows[i][:self.length[i]]) if rows is not None else self[i]
+
+    def __eq__(self, other):
+        if isinstance(other, LeafPaths):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        if isinstance(other, (list, tuple)):
+            return len(self) == len(other) and all(a == tuple(b) for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"LeafPaths({len(self)} paths)"
+
+
+def _outcome_codes(k, invalid, at_target, dist_k, outdeg_k, k_is_target, stop, d, L, has_stop) -> np.ndarray:
+    """`_outcome` for a whole level at once: index into _CODES per action, _CONTINUE if the walk goes on."""
+    conds = [(stop & at_target, "success"), (stop, "stop_elsewhere"), (invalid, "invalid_move"),
+             (np.full(len(k), d + 1 > L), "truncated")]
+    if not has_stop:
+        conds.append((k_is_target, "success"))
+    conds.append(((dist_k > L - (d + 1)) | ((not has_stop) & (outdeg_k == 0)), "dead_end"))
+    code = np.full(len(k), _CONTINUE)
+    for where, name in reversed(conds):  # the first condition that holds wins
+        code[where] = _CODES.index(name)
+    return code

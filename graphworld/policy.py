@@ -26,6 +26,7 @@ class EdgePolicy:
     temperature: float = 1.0
     stop_pref: float | None = None
     goal_aware: bool = False
+    markov = True  # π(next | path) depends on the path's last node only: enumeration takes the level-wise path
 
     def __post_init__(self):
         if not _is_real(self.temperature) or not np.isfinite(self.temperature) or self.temperature <= 0:
