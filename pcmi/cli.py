@@ -117,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-rounds", type=positive_int, default=None, metavar="N",
                    help=f"rounds before giving up (default {fp_defaults['max_rounds']})")
 
+    w = sub.add_parser("sweep", help="holds-rate atlas of the propositions over an instance space (spec file)")
+    w.add_argument("spec", metavar="SPEC", help="JSON or YAML: graphs × policies × teachers × beta × extra_len × "
+                                               "seeds and the checks to run (docs/usage.md)")
+    w.add_argument("--out", default="runs/sweep", help="folder of table.csv, atlas.json, counterexamples/ "
+                                                       "(a rerun resumes)")
+    w.add_argument("--backend", choices=["process", "serial", "ray"], default="process",
+                   help="a local process pool (default), in this process, or a Ray cluster")
+    w.add_argument("--workers", type=positive_int, default=None, help="processes (default: the CPU count)")
+    w.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start a local one")
+
     f = sub.add_parser("figures", help="regenerate the theory figures (PNG + PDF + data)")
     f.add_argument("--out", default="figures")
     f.add_argument("--only", default=None, help="one figure name")
@@ -170,6 +180,15 @@ def _run(args) -> int:
         from .solve import solve_file
         result = solve_file(args.file, beta=args.beta, max_rollouts=args.max_rollouts, **_mode_options(args))
         print(json.dumps(result, indent=1, allow_nan=False))  # a NaN here is a bug, never output
+        return 0
+    if args.cmd == "sweep":
+        from .sweep import atlas_table, read_spec, run_sweep
+        atlas = run_sweep(read_spec(args.spec), args.out, backend=args.backend, workers=args.workers,
+                          address=args.address)
+        print(atlas_table(atlas))
+        print(f"\ntable: {args.out}/table.csv  atlas: {args.out}/atlas.json"
+              + (f"  counterexamples: {args.out}/counterexamples/" if os.path.isdir(os.path.join(args.out, "counterexamples"))
+                 else ""))
         return 0
     if args.cmd == "figures":
         from .figures import run_figures

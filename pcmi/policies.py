@@ -350,7 +350,11 @@ def rl_beta_for_success(p0: float, p: float) -> float:
     """The β with rl_success(p0, β) = p: β = 1 / (logit p − logit p0); needs p0 < p < 1."""
     if not 0 < p0 < p < 1:
         raise PcmiInputError(f"no β > 0 gives RL success {p!r} from base success {p0!r} (need p0 < p < 1)")
-    return float(1.0 / ((np.log(p) - np.log1p(-p)) - (np.log(p0) - np.log1p(-p0))))
+    gap = (np.log(p) - np.log1p(-p)) - (np.log(p0) - np.log1p(-p0))
+    if not gap > 0 or not np.isfinite(1.0 / gap):
+        raise PcmiInputError(f"RL success {p!r} is within rounding of base success {p0!r}: the matching β "
+                             "exceeds the float range (RL would leave π0 unchanged)")
+    return float(1.0 / gap)
 
 
 def rl_beta_for_mean_success(p0s, p: float) -> float:
