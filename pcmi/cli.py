@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pcmi", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    v = sub.add_parser("verify", help="check propositions P1–P8 on generated instances")
+    v = sub.add_parser("verify", help="check propositions P1–P10 on generated instances")
     v.add_argument("--examples", type=positive_int, default=200, help="instances per proposition")
     v.add_argument("--seed", type=non_negative_int, default=0)
     v.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -398,10 +398,7 @@ def _round(k, log_pi, inst) -> Round:
     return Round(k, log_pi, success(log_pi, r), correct_entropy(log_pi, r), masses, ent)
 
 
-# --- P10 ------------------------------------------------------------------------------------------
-# check_p10 moves to pcmi/propositions.py as is, minus its first line (the lazy import); there it
-# needs `from .feedback import FeedbackTeacher, independent_feedback_rows` (no import cycle: this
-# module imports pcmi.propositions only inside check_p10).
+# --- P10 (the check itself is pcmi.propositions.check_p10) ---------------------------------------
 
 def independent_feedback_rows(teacher) -> np.ndarray:
     """log T(y | f) straight from the defining formula in probability space, one row per class
@@ -412,61 +409,6 @@ def independent_feedback_rows(teacher) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         rows = (1 - teacher.eps) * c * b[None, :] / mass[:, None] + teacher.eps * b[None, :]
         return np.log(np.vstack([rows, b[None, :]]))
-
-
-def check_p10(inst, *, sdsd=sdsd_optimum) -> Result:
-    """P10: a pure filtering teacher under which every correct rollout is compatible with every
-    feedback in D's support keeps π0's ratios among correct rollouts. For correct y,
-    T(y|f) = π0(y)·((1 − eps)/π0(c_f) + eps), so E_D PCMI(y; f) = Σ_f D(f) log((1 − eps)/π0(c_f) + eps)
-    is the same for every correct y. Checked: `sdsd`'s ratio distortion; `sdsd` against
-    exp(E_D log T)/Z over the rows built from the formula; the teacher's rows normalized and its
-    E_D PCMI on the correct set equal to that constant."""
-    from .propositions import TOL, Result  # (delete when moved into pcmi.propositions)
-    t = inst.teacher
-    if not isinstance(t, FeedbackTeacher):
-        raise PcmiInputError(f"P10 needs a pure filtering teacher (FeedbackTeacher), got {type(t).__name__}")
-    base = np.exp(inst.log_base)
-    correct = (inst.reward == 1) & (base > 0)
-    if not correct.any():
-        raise PcmiInputError("P10 needs a correct rollout with positive base probability")
-    D = np.exp(inst.log_demos)
-    cls = np.where(t.index < 0, t.n_classes, t.index)  # the empty feedback: last row
-    D_f = np.bincount(cls[D > 0], weights=D[D > 0], minlength=t.n_classes + 1)
-    D_f = D_f / D_f.sum()
-    used = np.flatnonzero(D_f > 0)
-    compat = np.vstack([np.asarray(t.compat, bool), np.ones((1, t.n), bool)])
-    for f in used:
-        bad = np.flatnonzero(correct & ~compat[f])
-        if bad.size:
-            raise PcmiInputError(f"P10 needs every correct rollout compatible with every feedback in D's support: "
-                                 f"feedback class {int(f)} rules out correct rollout {int(bad[0])}")
-    mass = compat[used].astype(float) @ base
-    if t.eps < 1 and np.any(mass <= 0):
-        raise PcmiInputError("P10: D puts mass on a feedback with π0(c_f) = 0, where T(·|f) is undefined")
-    rows = independent_feedback_rows(t)[used]
-    with np.errstate(invalid="ignore"):
-        e_ind = np.where(np.isneginf(rows), -np.inf, D_f[used, None] * rows).sum(axis=0)
-    p_ind = np.exp(e_ind - np.max(e_ind))
-    p_ind /= p_ind.sum()
-    const = float(np.sum(D_f[used] * np.log((1 - t.eps) / mass + t.eps)))
-    # the implementation: the optimum, and the teacher's own rows (normalization, E_D PCMI)
-    log_pi = sdsd(inst)
-    e_impl, root_err = np.zeros(inst.tree.n_nodes), 0.0
-    for log_w, log_t in t.demo_classes(inst.log_demos, inst.tree):
-        root_err = max(root_err, float(np.max(np.abs(log_t[:, 0]))))
-        w = np.exp(log_w)[:, None]
-        with np.errstate(invalid="ignore"):
-            e_impl += np.where(np.isneginf(log_t), -np.inf, w * log_t).sum(axis=0)
-    s_corr = e_impl[inst.tree.leaf_node][correct] - inst.log_base[correct]
-    const_err = float(np.max(np.abs(s_corr - const)))
-    ident_err = float(np.max(np.abs(np.exp(log_pi) - p_ind)))
-    dist = ratio_distortion(log_pi, inst.log_base, inst.reward)
-    tol = TOL * (1 + float(np.max(np.abs(inst.log_base[np.isfinite(inst.log_base)]))))
-    margin = min(tol - dist, 1e-9 - ident_err, tol - const_err, 1e-9 - root_err)
-    return Result(bool(margin >= 0), float(margin),
-                  {"ratio_distortion": dist, "identity_error": ident_err, "constant_pcmi": const,
-                   "constant_error": const_err, "row_normalization_error": root_err, "eps": t.eps,
-                   "n_feedback_classes": int(len(used))})
 
 
 def p10_demo_contrast(inst, *, sdsd=sdsd_optimum, eps: float | None = None) -> dict:

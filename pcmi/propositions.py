@@ -1,4 +1,4 @@
-"""Executable propositions P1–P8 of theory.md §6.
+"""Executable propositions P1–P8 of theory.md §6, P9 of §10 and P10 of §11.
 
 Each `check_pN(...)` returns Result(holds, margin, details): `margin` is the slack of the
 statement (≥ 0 when it holds; for equalities, tolerance minus the error), `details` the numbers
@@ -21,8 +21,10 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 
 from .distributions import kl, safe_log, total_variation
+from .demonstrations import dstar as dstar_law
 from .dynamics import on_policy_instance
 from .errors import PcmiInputError
+from .feedback import FeedbackTeacher, independent_feedback_rows
 from .instance import Instance
 from .metrics import ood_success, ratio_distortion, strategy_mass_entropy, success
 from .policies import (forward_kl_optimum, rl_beta_for_success, rl_optimum, sdsd_optimum,
@@ -626,6 +628,119 @@ def check_p8_failures(inst: Instance, *, rl=rl_optimum, sdsd=sdsd_optimum) -> Re
     margin = min(d["H_rl"] - d["H_sdsd"], d["ood_rl"] - d["ood_sdsd"])
     out = {**_public(d), "agrees": agrees, "independent_error": err}
     return Result(agrees and margin >= -1e-12, margin if agrees else min(margin, TOL - err), out)
+
+
+# P9 ------------------------------------------------------------------------------------------
+P9_TOL = 1e-8  # max log-ratio distortion among correct rollouts
+
+
+def _dstar_must_exist(inst) -> bool:
+    """Route-copying latent teachers with 0 < eps ≤ 1 and copy teachers with lam < 1: D* exists
+    (closed form, theory.md §10); also eps = 0 (lam = 1) when one strategy (rollout) holds every
+    correct rollout."""
+    t, live = inst.teacher, (inst.reward == 1) & np.isfinite(inst.log_base)
+    if isinstance(t, LatentStrategyTeacher) and t.disjoint:
+        owners = np.argmax(np.isfinite(t.log_P), axis=0)[live]
+        return t.eps > 0 or len(np.unique(owners)) == 1
+    if isinstance(t, CopyTeacher):
+        return t.lam < 1 or int(live.sum()) == 1
+    return False
+
+
+def check_p9(inst: Instance, tol: float = P9_TOL, *, dstar=dstar_law, sdsd=sdsd_optimum) -> Result:
+    """Ratio-preserving demonstrations: under D* = `dstar(inst)` the SDSD optimum keeps π0's ratios
+    among correct rollouts (ratio distortion ≤ tol). Checked independently: D* must be a
+    distribution on the correct rollouts with π0 > 0 (normalized, no mass on a failing one); the
+    spread of s = E_{D*} PCMI over correct rollouts is recomputed from the teacher's defining
+    formula (`independent_teacher_rows`) and must equal the reported one; `sdsd` must equal
+    exp(E_{D*} log T)/Z computed from those rows. The distortion of π_SD is exactly that spread, so
+    where no D* exists (the minimal spread > tol) the check fails and reports the spread: P9 is
+    stated for instances where D* exists, which route-copying teachers with 0 < eps < 1 always are
+    (`details["must_exist"]`)."""
+    must = _dstar_must_exist(inst)
+    try:
+        d = dstar(inst)
+    except PcmiInputError as exc:
+        return Result(False, -np.inf, {"error": " ".join(str(exc).split()), "must_exist": must})
+    log_D = np.asarray(d.log_demos, float)
+    if log_D.shape != (inst.n,) or np.isnan(log_D).any() or (log_D == np.inf).any():
+        return Result(False, -np.inf, {"error": "D* is not a log-distribution over the rollouts", "must_exist": must})
+    D = np.exp(log_D)
+    correct = (inst.reward == 1) & np.isfinite(inst.log_base)
+    norm_err = abs(float(D.sum()) - 1.0)
+    off_mass = float(D[~correct].sum())  # failing demonstrations or rollouts π0 never emits
+    details = {"method": d.method, "reported_spread": float(d.spread), "feasible": bool(d.feasible),
+               "must_exist": must, "normalization_error": norm_err, "mass_off_correct": off_mass}
+    if norm_err > 1e-9 or off_mass > 0 or not np.isfinite(logsumexp(log_D[correct])):
+        return Result(False, min(1e-9 - norm_err, -off_mass), details)
+    inst_d = inst.with_demos(log_D)
+    e = independent_expected_log_teacher(inst_d)
+    s = e[correct] - inst.log_base[correct]
+    spread = float(s.max() - s.min()) if np.isfinite(s).all() else float("inf")
+    both_inf = np.isinf(spread) and np.isinf(d.spread)
+    spread_err = 0.0 if both_inf else abs(spread - float(d.spread))
+    sd = sdsd(inst_d)
+    sdsd_err = _max_abs(np.exp(sd), _normalized_exp(e, "E_D* log T(y | y')"))
+    distortion = ratio_distortion(sd, inst.log_base, inst.reward)
+    details.update({"spread": spread, "spread_error": spread_err, "sdsd_error": sdsd_err,
+                    "ratio_distortion": distortion})
+    margin = tol - max(distortion, spread, spread_err, sdsd_err)
+    return Result(bool(margin >= 0), float(margin), details)
+
+
+# P10 ------------------------------------------------------------------------------------------
+def check_p10(inst, *, sdsd=sdsd_optimum) -> Result:
+    """P10: a pure filtering teacher under which every correct rollout is compatible with every
+    feedback in D's support keeps π0's ratios among correct rollouts. For correct y,
+    T(y|f) = π0(y)·((1 − eps)/π0(c_f) + eps), so E_D PCMI(y; f) = Σ_f D(f) log((1 − eps)/π0(c_f) + eps)
+    is the same for every correct y. Checked: `sdsd`'s ratio distortion; `sdsd` against
+    exp(E_D log T)/Z over the rows built from the formula; the teacher's rows normalized and its
+    E_D PCMI on the correct set equal to that constant."""
+    t = inst.teacher
+    if not isinstance(t, FeedbackTeacher):
+        raise PcmiInputError(f"P10 needs a pure filtering teacher (FeedbackTeacher), got {type(t).__name__}")
+    base = np.exp(inst.log_base)
+    correct = (inst.reward == 1) & (base > 0)
+    if not correct.any():
+        raise PcmiInputError("P10 needs a correct rollout with positive base probability")
+    D = np.exp(inst.log_demos)
+    cls = np.where(t.index < 0, t.n_classes, t.index)  # the empty feedback: last row
+    D_f = np.bincount(cls[D > 0], weights=D[D > 0], minlength=t.n_classes + 1)
+    D_f = D_f / D_f.sum()
+    used = np.flatnonzero(D_f > 0)
+    compat = np.vstack([np.asarray(t.compat, bool), np.ones((1, t.n), bool)])
+    for f in used:
+        bad = np.flatnonzero(correct & ~compat[f])
+        if bad.size:
+            raise PcmiInputError(f"P10 needs every correct rollout compatible with every feedback in D's support: "
+                                 f"feedback class {int(f)} rules out correct rollout {int(bad[0])}")
+    mass = compat[used].astype(float) @ base
+    if t.eps < 1 and np.any(mass <= 0):
+        raise PcmiInputError("P10: D puts mass on a feedback with π0(c_f) = 0, where T(·|f) is undefined")
+    rows = independent_feedback_rows(t)[used]
+    with np.errstate(invalid="ignore"):
+        e_ind = np.where(np.isneginf(rows), -np.inf, D_f[used, None] * rows).sum(axis=0)
+    p_ind = np.exp(e_ind - np.max(e_ind))
+    p_ind /= p_ind.sum()
+    const = float(np.sum(D_f[used] * np.log((1 - t.eps) / mass + t.eps)))
+    # the implementation: the optimum, and the teacher's own rows (normalization, E_D PCMI)
+    log_pi = sdsd(inst)
+    e_impl, root_err = np.zeros(inst.tree.n_nodes), 0.0
+    for log_w, log_t in t.demo_classes(inst.log_demos, inst.tree):
+        root_err = max(root_err, float(np.max(np.abs(log_t[:, 0]))))
+        w = np.exp(log_w)[:, None]
+        with np.errstate(invalid="ignore"):
+            e_impl += np.where(np.isneginf(log_t), -np.inf, w * log_t).sum(axis=0)
+    s_corr = e_impl[inst.tree.leaf_node][correct] - inst.log_base[correct]
+    const_err = float(np.max(np.abs(s_corr - const)))
+    ident_err = float(np.max(np.abs(np.exp(log_pi) - p_ind)))
+    dist = ratio_distortion(log_pi, inst.log_base, inst.reward)
+    tol = TOL * (1 + float(np.max(np.abs(inst.log_base[np.isfinite(inst.log_base)]))))
+    margin = min(tol - dist, 1e-9 - ident_err, tol - const_err, 1e-9 - root_err)
+    return Result(bool(margin >= 0), float(margin),
+                  {"ratio_distortion": dist, "identity_error": ident_err, "constant_pcmi": const,
+                   "constant_error": const_err, "row_normalization_error": root_err, "eps": t.eps,
+                   "n_feedback_classes": int(len(used))})
 
 
 # counterexample search -----------------------------------------------------------------------

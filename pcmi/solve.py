@@ -15,6 +15,9 @@ With a loss mode (`pcmi.objectives`, theory.md §9) the result also holds the mo
 point θ* (G_mode(θ*) = 0 with D = π*(·|r=1) and the schedule's teacher, with its certificate) and
 the mode's exact expected gradient at π0 (D = π0(·|r=1), π0's teacher) against the sequence-level
 gradient ∇ E_D KL(π ‖ T(·|y')). Both use on-policy demonstrations: a file's "demos" is not read there.
+
+The result also holds the ratio-preserving demonstrations D* of theory.md §10 ("dstar", "dstar_spread",
+"dstar_method", "sdsd_under_dstar"; `dstar_keys`): null with "dstar_error" where no D* can be computed.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from graphworld import EdgePolicy, GraphworldError, Task, concept_edges, dominan
 from graphworld.errors import is_int as _is_int
 from graphworld.graphs import parse_json, read_text_file
 
+from .demonstrations import dstar
 from .distributions import probs
 from .errors import PcmiInputError
 from .estimators import expected_gradient, gradient_bias, sequence_gradient
@@ -160,6 +164,21 @@ def _blocked(inst: Instance, rollouts):
         return None
 
 
+def dstar_keys(inst: Instance) -> dict:
+    """The ratio-preserving demonstrations (`pcmi.demonstrations.dstar`, theory.md §10): "dstar"
+    (probabilities over the rollouts), "dstar_spread" (max − min of E_D* PCMI over correct rollouts),
+    "dstar_method" and "sdsd_under_dstar" (the SDSD optimum with D = D*). Where D* cannot be
+    computed for this teacher all four are None and "dstar_error" holds the one-line reason."""
+    try:
+        d = dstar(inst)
+        sd = sdsd_optimum(inst.with_demos(d.log_demos))
+    except PcmiInputError as exc:
+        return {"dstar": None, "dstar_spread": None, "dstar_method": None, "sdsd_under_dstar": None,
+                "dstar_error": " ".join(str(exc).split())}
+    return {"dstar": _arr(d.log_demos), "dstar_spread": float(d.spread), "dstar_method": d.method,
+            "sdsd_under_dstar": _arr(sd)}
+
+
 def gradient_at_base(inst: Instance, mode: LossMode) -> dict:
     """G_mode(θ0) = E_{y∼π0, y'∼D} g_mode exactly, D = π0(·|r=1), π0's teacher: ‖G‖, tr Cov g of one
     rollout, the expected loss, and the bias against G_seq = ∇ E_D KL(π ‖ T(·|y')) (cosine, ‖G‖/‖G_seq‖;
@@ -215,6 +234,7 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None, mode: LossMode | Non
     out["expected_pcmi"] = [float(x) if np.isfinite(x) else None for x in s]
     out["beta"] = beta
     out["reward"] = inst.reward.tolist()
+    out.update(dstar_keys(inst))
     if rollouts is not None:
         out["rollouts"] = [[str(v) for v in p] for p in rollouts.paths]
         out["route"] = rollouts.route.tolist()

@@ -16,6 +16,7 @@ from . import generate as gen
 from . import propositions as P
 from .atomic import atomic_write_json
 from .errors import PcmiInputError
+from .feedback import p10_instance
 from .teachers import LatentStrategyTeacher
 
 
@@ -71,6 +72,54 @@ def _p7_instance(rng):
             return inst
 
 
+def _p9_instance(rng):
+    """Instances where D* exists: route-copying (closed form), the same as an explicit matrix and
+    copy teachers as matrices (the LP must find it), copy teachers (closed form), and overlapping
+    latent teachers or soft-route graph prompts on which the LP finds a D* (others are redrawn)."""
+    from .instance import Instance, demos_from_successes
+    from .teachers import CopyTeacher, KernelTeacher, leaf_rows
+    pick = rng.integers(6)
+    if pick == 0:
+        return gen.route_copying_instance(rng, all_correct=bool(rng.integers(2)))
+    if pick in (1, 2):
+        if pick == 1:
+            inst = gen.route_copying_instance(rng, all_correct=bool(rng.integers(2)))
+        else:
+            n = int(rng.integers(2, 8))
+            lb = gen.log_dist(rng, n)
+            r = (rng.random(n) < 0.7).astype(np.int64)
+            r[rng.integers(n)] = 1
+            inst = Instance(lb, r, CopyTeacher(lb, gen.eps_value(rng, 0.0, 0.999)), demos_from_successes(lb, r),
+                            name=f"copy(n={n})")
+        if rng.integers(2):  # as an explicit matrix: the LP route
+            inst = Instance(inst.log_base, inst.reward, KernelTeacher(leaf_rows(inst.teacher, inst.n)),
+                            inst.log_demos, route=inst.route, name=f"kernel of {inst.name}")
+        return inst
+    for _ in range(20):
+        inst = gen.latent_instance(rng) if pick < 5 else gen.graph_case(
+            rng, teacher={"kind": "soft_route", "eps": gen.eps_value(rng, 1e-3, 0.999),
+                          "sharpness": float(rng.choice([0.5, 2.0, 8.0]))})
+        if _has_dstar(inst):
+            return inst
+    return gen.route_copying_instance(rng)
+
+
+def _has_dstar(inst, tol: float = 1e-12) -> bool:
+    """Whether some D ≥ 0 on the correct set has Σ D = 1 and E_D PCMI constant there, decided by
+    non-negative least squares on the PCMI block (independent of the LP that `check_p9` tests):
+    min ‖(M_y − M_0)·D‖² + (Σ D − 1)² over D ≥ 0 is 0 iff a D* exists."""
+    from scipy.optimize import nnls
+    from .demonstrations import pcmi_block
+    M = pcmi_block(inst)
+    M = M[:, np.isfinite(M).all(axis=0)]
+    if M.shape[1] == 0:
+        return False
+    A = M - M[:1]
+    A = A / max(float(np.max(np.abs(A))), 1e-300)
+    x, res = nnls(np.vstack([A, np.ones((1, A.shape[1]))]), np.r_[np.zeros(A.shape[0]), 1.0], maxiter=50 * A.shape[1])
+    return bool(res <= tol)
+
+
 ROWS = [
     # name, kind, statement, make(rng), check(x)
     ("P1", "universal", "RL keeps ratios among correct rollouts", _p1, lambda a: P.check_p1(*a)),
@@ -87,12 +136,14 @@ ROWS = [
      lambda rng: gen.route_copying_instance(rng, all_correct=True), P.check_p8),
     ("P8-failures", "tendency", "with failures, RL β matched to SDSD success",
      lambda rng: gen.route_copying_instance(rng, all_correct=False), P.check_p8_failures),
+    ("P9", "universal", "SDSD under D* keeps π0's ratios among correct rollouts", _p9_instance, P.check_p9),
+    ("P10", "universal", "feedback teacher keeps ratios among correct rollouts", p10_instance, P.check_p10),
 ]
 
 
 # checks that a saved instance file (teacher as a matrix, no prefix tree) can re-run; P3, P4, P6,
 # P7 and P8 need the latent-strategy teacher itself and refuse a file with a clear error
-REPLAYABLE = {"P1", "P2", "P5", "P4_general", "P8_failures"}
+REPLAYABLE = {"P1", "P2", "P5", "P4_general", "P8_failures", "P9"}
 
 # check names for --check and DIR/<check>.json: the row name, except for the two tendencies
 CHECK_OF_ROW = {"P4-outside": "P4_general", "P8-failures": "P8_failures"}
@@ -117,12 +168,14 @@ CHECKS = {
     "P7": lambda inst, data: P.check_p7(inst),
     "P8": lambda inst, data: P.check_p8(inst, _beta_of(data)),
     "P8_failures": lambda inst, data: P.check_p8_failures(inst),
+    "P9": lambda inst, data: P.check_p9(inst),
+    "P10": lambda inst, data: P.check_p10(inst),
 }
 _ALIASES = {name.upper().replace("-", "_"): name for name in CHECKS} | {"P4_OUTSIDE": "P4_general"}
 
 
 def check_name(name) -> str:
-    """The canonical check name (P1 … P8, P4_general, P8_failures); '-' and case are ignored."""
+    """The canonical check name (P1 … P10, P4_general, P8_failures); '-' and case are ignored."""
     key = str(name).strip().upper().replace("-", "_")
     if key not in _ALIASES:
         raise PcmiInputError(f"unknown check {name!r}; expected one of {', '.join(CHECKS)}")

@@ -21,7 +21,7 @@ def test_verify_lists_every_proposition_and_exits_zero(capsys):
     data = json.loads(out)
     assert rc == 0 and data["all_universal_hold"]
     names = [r["proposition"] for r in data["rows"]]
-    assert names[:1] == ["P1"] and {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P4-outside", "P8-failures"} == set(names)
+    assert names[:1] == ["P1"] and {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P4-outside", "P8-failures"} == set(names)
     for r in data["rows"]:
         assert r["tried"] + r["skipped"] == 8 and 0 <= r["held"] <= r["tried"]
     assert all(p["proved"] for p in data["symbolic"])

@@ -21,7 +21,8 @@ from graphworld.feedback import SloppyPolicy
 from pcmi.distributions import condition, log_normalize, logsumexp
 from pcmi.dynamics import forward_kl_rounds, rl_rounds, sdsd_rounds
 from pcmi.errors import PcmiInputError
-from pcmi.feedback import (METHODS, DemoFeedbackTeacher, FeedbackTeacher, check_p10, explicit_feedback_instance,
+from pcmi.propositions import check_p10
+from pcmi.feedback import (METHODS, DemoFeedbackTeacher, FeedbackTeacher, explicit_feedback_instance,
                            failure_demos, feedback_comparison, feedback_instance, feedback_pcmi, feedback_rounds,
                            independent_feedback_rows, p10_demo_contrast, p10_graph_instance, p10_instance,
                            p10_synthetic_instance)

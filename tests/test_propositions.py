@@ -684,3 +684,53 @@ def test_diversity_comparison_matches_beta_by_default():
     full = P.diversity_comparison(_rc())  # all correct: every β gives success 1; β = 1 is used
     assert full["beta"] == 1.0 and full["success_rl"] == pytest.approx(1.0) and full["success_sdsd"] == pytest.approx(1.0)
     assert np.allclose(full["rl_masses"], W, atol=1e-12)
+
+
+# P9 ------------------------------------------------------------------------------------------
+from pcmi.testing import copy_instances, extreme_instances  # noqa: E402
+
+
+def _kernel_of(inst):
+    from pcmi.teachers import KernelTeacher, leaf_rows
+    return Instance(inst.log_base, inst.reward, KernelTeacher(leaf_rows(inst.teacher, inst.n)), inst.log_demos,
+                    route=inst.route)
+
+
+@given(route_copying_instances(all_correct=False))
+def test_p9_dstar_keeps_ratios_route_copying(inst):
+    """Route-copying, 0 < eps < 1: universal, by the closed form and by the LP on the same matrix."""
+    for case, method in ((inst, "closed_form"), (_kernel_of(inst), "lp")):
+        res = P.check_p9(case)
+        assert res.holds and res.details["method"] == method, res.details
+        assert res.margin > 0
+
+
+@given(copy_instances())
+def test_p9_dstar_keeps_ratios_copy_teacher(inst):
+    res = P.check_p9(inst)
+    assert res.holds, res.details
+
+
+@settings(max_examples=30)
+@given(extreme_instances(kinds=("route_copying", "copy")))
+def test_p9_extremes(inst):
+    """Zero-probability rollouts, 1e-300 masses, eps and lam in {0, 1}, one or all correct, prefix trees:
+    where D* must exist P9 holds; where it cannot (eps = 0 with correct rollouts in two strategies) the
+    check fails and names the reason in one line."""
+    res = P.check_p9(inst)
+    if res.details["must_exist"]:
+        assert res.holds, res.details
+    elif not res.holds:
+        assert "error" in res.details and "\n" not in res.details["error"]
+
+
+@given(latent_instances())
+def test_p9_general_holds_exactly_where_a_dstar_is_found(inst):
+    """Overlapping strategies: D* exists on some instances only; P9 holds iff the LP's D has spread
+    within the tolerance, and the spread it reports is the one recomputed from the teacher's rows."""
+    res = P.check_p9(inst)
+    if "error" in res.details:
+        return
+    assert res.details["spread_error"] <= 1e-9 and res.details["sdsd_error"] <= 1e-9
+    assert res.holds == (res.details["spread"] <= P.P9_TOL)
+    assert abs(res.details["ratio_distortion"] - res.details["spread"]) <= 1e-9  # distortion = spread

@@ -291,3 +291,103 @@ def test_rl_sabotages_really_differ(name):
     """Each RL sabotage differs from π_RL on a plain instance (the P1 test is not vacuous)."""
     lb, r = np.log([0.5, 0.3, 0.2]), np.array([1, 1, 0])
     assert total_variation(RL_SABOTAGE[name](lb, r, 0.7), rl_optimum(lb, r, 0.7)) > 1e-3
+
+
+# P9 ------------------------------------------------------------------------------------------
+from pcmi import demonstrations as DEM  # noqa: E402
+
+
+def _normalized(log_d):
+    log_d = np.asarray(log_d, float)
+    return log_d - np.logaddexp.reduce(log_d)
+
+
+DSTAR_CLOSED_FORM_SABOTAGE = {
+    "d* ∝ 1/w": lambda log_w, eps: _normalized(-np.asarray(log_w, float)),
+    "d* ∝ log(1 + (1−eps)/(eps·w))": lambda log_w, eps: _normalized(
+        np.log(np.log1p((1 - eps) / (eps * np.exp(np.asarray(log_w, float)))))),
+}
+
+
+def _lp_without_normalization(A):
+    """The min-spread LP that forgets Σ D = 1: D = 0 has spread 0."""
+    from scipy.optimize import linprog
+    R, G = A.shape
+    A_ub = np.block([[A, -np.ones((R, 1)), np.zeros((R, 1))], [-A, np.zeros((R, 1)), np.ones((R, 1))]])
+    res = linprog(np.r_[np.zeros(G), 1.0, -1.0], A_ub=A_ub, b_ub=np.zeros(2 * R),
+                  bounds=[(0, None)] * G + [(None, None)] * 2, method="highs-ds")
+    return res.x[:G]
+
+
+def _dstar_with_failing_demos(inst):
+    """The LP with a column for every rollout π0 emits, failing ones included."""
+    alive = np.flatnonzero(np.isfinite(inst.log_base))
+    c = np.flatnonzero((inst.reward == 1) & np.isfinite(inst.log_base))
+    M = inst.teacher.log_rows(alive)[:, c].T - inst.log_base[c][:, None]
+    ok = np.isfinite(M).all(axis=0)
+    A = M[:, ok] - M[:1, ok]
+    x = DEM.min_spread_lp(A / np.abs(A).max())
+    log_D = np.full(inst.n, -np.inf)
+    with np.errstate(divide="ignore"):
+        log_D[alive[ok]] = np.log(x)
+    return DEM.DStar(log_D, DEM.expected_pcmi_spread(inst, log_D), True, "lp")
+
+
+def _as_kernel(inst):
+    return Instance(inst.log_base, inst.reward, KernelTeacher(leaf_rows(inst.teacher, inst.n)), inst.log_demos,
+                    route=inst.route)
+
+
+@few
+@given(seeds, st.booleans())
+def test_p9_fails_for_wrong_closed_form(seed, all_correct):
+    """d* ∝ 1/w (the plausible 'upweight the rare strategy') and d* ∝ L instead of 1/L break P9."""
+    inst = route_copying(np.random.default_rng(seed), all_correct=all_correct)
+    assert P.check_p9(inst).holds
+    for name, bad in DSTAR_CLOSED_FORM_SABOTAGE.items():
+        wrong = DEM.dstar(inst, closed_form=bad)
+        assert wrong.spread > 1e-3, name  # the sabotage really moves E_D PCMI (not vacuous)
+        res = P.check_p9(inst, dstar=lambda i, bad=bad: DEM.dstar(i, closed_form=bad))
+        assert not res.holds and res.details["ratio_distortion"] > 1e-3, name
+
+
+@few
+@given(seeds, st.booleans())
+def test_p9_fails_for_an_lp_without_normalization(seed, kernel):
+    inst = route_copying(np.random.default_rng(seed), all_correct=False)
+    inst = _as_kernel(inst) if kernel else inst
+    assert P.check_p9(inst).holds and P.check_p9(inst, dstar=lambda i: DEM.dstar(i, method="lp")).holds
+    res = P.check_p9(inst, dstar=lambda i: DEM.dstar(i, method="lp", lp=_lp_without_normalization))
+    assert not res.holds and res.details["normalization_error"] > 0.5
+
+
+def test_p9_fails_for_an_lp_with_failing_demonstrations():
+    """Wherever the LP with failing columns puts mass on a failing rollout (it finds a 'D*' of spread
+    0 that way: a strategy without correct rollouts has the constant column log eps), P9 fails; the
+    real D* passes on every instance; and the sabotage does put mass there on many instances."""
+    caught = 0
+    for seed in range(40):
+        inst = route_copying(np.random.default_rng(seed), all_correct=False)
+        inst = _as_kernel(inst) if seed % 2 else inst
+        assert P.check_p9(inst).holds
+        if not (inst.reward == 0).any():
+            continue
+        wrong = _dstar_with_failing_demos(inst)
+        failing_mass = float(np.exp(wrong.log_demos)[inst.reward == 0].sum())
+        res = P.check_p9(inst, dstar=_dstar_with_failing_demos)
+        if failing_mass > 0:
+            caught += 1
+            assert not res.holds and res.details["mass_off_correct"] == failing_mass
+    assert caught >= 10
+
+
+@few
+@given(seeds)
+def test_p9_fails_for_wrong_sdsd(seed):
+    """With D* right but the optimum wrong (uniform, the forward-KL mixture): both distort the ratios."""
+    inst = route_copying(np.random.default_rng(seed), all_correct=False)
+    assume(len(np.unique(inst.route[inst.reward == 1])) >= 2)  # two teachers to mix, a ratio to distort
+    assert P.check_p9(inst).holds
+    for bad in (uniform, forward_kl_optimum):
+        res = P.check_p9(inst, sdsd=bad)
+        assert not res.holds and res.details["sdsd_error"] > 1e-6 and res.details["ratio_distortion"] > 1e-6

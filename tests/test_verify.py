@@ -51,7 +51,7 @@ def test_verify_instance_on_a_holding_instance(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [(("nofile.json", "P2"), "not found"), (("X", None), "--check"),
-                                         (("X", "P9"), "unknown check")])
+                                         (("X", "P99"), "unknown check")])
 def test_verify_instance_bad_input(args, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "X").write_text("{}")
@@ -85,3 +85,19 @@ def test_text_report_embeds_a_loadable_instance(capsys):
     ce_line = json.dumps(rep.counterexample["instance"])
     inst, _ = load_instance(json.loads(ce_line))
     assert inst.n == rep.counterexample["n"]
+
+
+def test_p9_row_holds_and_replays_from_a_file(tmp_path):
+    """The P9 row (route-copying, copy and LP instances with a D*) holds with a positive margin, and
+    P9 re-runs on an instance file (the teacher as a matrix: the LP route)."""
+    rep, _ = _search("P9", n=40)
+    assert rep.tried == 40 and rep.held == 40 and rep.smallest_margin > 0 and rep.counterexample is None
+    assert "P9" in V.REPLAYABLE and V.check_name("p9") == "P9"
+    data = {"base": [0.5, 0.3, 0.2], "reward": [1, 1, 0],
+            "teacher": [[0.95, 0.03, 0.02], [0.05, 0.93, 0.02], [0.05, 0.03, 0.92]]}
+    f = tmp_path / "rc.json"
+    f.write_text(json.dumps(data))
+    assert V.verify_instance(f, "P9") == 0
+    data["teacher"] = [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]]  # no D*: both demonstrations favour y1
+    f.write_text(json.dumps(data))
+    assert V.verify_instance(f, "P9") == 1
