@@ -50,7 +50,7 @@ class PrefixTree:
     @classmethod
     def flat(cls, n: int) -> "PrefixTree":
         """The one-step tree of an explicit instance: every rollout is a single token."""
-        return cls(np.r_[-1, np.zeros(n, dtype=np.int64)], np.arange(1, n + 1))
+        return cls(np.r_[-1, np.zeros(n, dtype=np.int64)], np.arange(1, n + 1), np.r_[0, np.ones(n, dtype=np.int64)])
 
     @property
     def n_nodes(self) -> int:
@@ -66,9 +66,48 @@ class PrefixTree:
         out = np.full(leaf_log.shape[:-1] + (self.n_nodes,), -np.inf)
         out[..., self.leaf_node] = leaf_log
         out = np.moveaxis(out, -1, 0).copy()
-        for nodes in reversed(self._levels[1:]):
-            np.logaddexp.at(out, self.parent[nodes], out[nodes])
+        for d in range(len(self._levels) - 1, 0, -1):
+            nodes = self._levels[d]
+            seg = self.level_segments(d)
+            if seg is None:
+                np.logaddexp.at(out, self.parent[nodes], out[nodes])
+                continue
+            parents, starts = seg
+            vals = out[nodes]
+            m = np.maximum.reduceat(vals, starts, axis=0)
+            shift = np.where(np.isfinite(m), m, 0.0)
+            with np.errstate(divide="ignore"):
+                total = shift + np.log(np.add.reduceat(np.exp(vals - np.repeat(shift, np.diff(np.r_[starts, len(nodes)]),
+                                                                                  axis=0)), starts, axis=0))
+            out[parents] = np.logaddexp(out[parents], np.where(np.isfinite(m), total, -np.inf))
         return np.moveaxis(out, 0, -1)
+
+    def level_segments(self, d: int):
+        """(parents, starts) of level d when its nodes are grouped by parent (breadth-first numbering
+        makes them so): the children of parents[i] are level[starts[i]:starts[i+1]]; None otherwise."""
+        cache = self.__dict__.setdefault("_segments", {})
+        if d not in cache:
+            par = self.parent[self._levels[d]]
+            if len(par) and np.all(par[1:] >= par[:-1]):
+                starts = np.flatnonzero(np.r_[True, par[1:] != par[:-1]])
+                cache[d] = (par[starts], starts)
+            else:
+                cache[d] = None
+        return cache[d]
+
+    def reduce_to_parents(self, node_val: np.ndarray, ufunc) -> np.ndarray:
+        """node_val combined bottom-up with `ufunc` (np.minimum, np.maximum, …): every node gets
+        ufunc over its own value and its whole subtree's."""
+        out = np.array(node_val)
+        for d in range(len(self._levels) - 1, 0, -1):
+            nodes = self._levels[d]
+            seg = self.level_segments(d)
+            if seg is None:
+                ufunc.at(out, self.parent[nodes], out[nodes])
+            else:
+                parents, starts = seg
+                out[parents] = ufunc(out[parents], ufunc.reduceat(out[nodes], starts))
+        return out
 
     def path_sum(self, node_val: np.ndarray) -> np.ndarray:
         """Σ of node_val along the root→h path for every node h (root value included)."""

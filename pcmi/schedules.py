@@ -56,8 +56,7 @@ class TeacherSchedule:
         if self.kind == "frozen":
             return self.base
         if isinstance(self.base, LatentStrategyTeacher):
-            keep = np.isfinite(state)
-            return LatentStrategyTeacher(log_normalize(state[keep]), self.base.log_P[keep], self.base.eps)
+            return self.base.with_weights(state)
         return CopyTeacher(state, self.base.lam)
 
     def update(self, state, log_pi):

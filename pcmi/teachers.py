@@ -50,20 +50,74 @@ class LatentStrategyTeacher:
         log_P = float_array(np.atleast_2d(log_P), "strategy laws P_z (one row per strategy)", ndim=2)
         if log_P.shape[0] != len(self.log_w):
             raise PcmiInputError(f"got {len(self.log_w)} strategy weights but {log_P.shape[0]} strategy laws P_z")
-        self.log_P = check_log_probs(log_P, "strategy law P_z", axis=1)
+        self._log_P = check_log_probs(log_P, "strategy law P_z", axis=1)
         self.eps = _check_unit(eps, "eps")
-        self.log_base = logsumexp(self.log_w[:, None] + self.log_P, axis=0)
-        support = np.isfinite(self.log_P) & np.isfinite(self.log_w)[:, None]
+        self.log_base = logsumexp(self.log_w[:, None] + self._log_P, axis=0)
+        support = np.isfinite(self._log_P) & np.isfinite(self.log_w)[:, None]
         self.disjoint = bool(np.all(support.sum(axis=0) <= 1))
         self._owner = np.where(support.any(axis=0), support.argmax(axis=0), -1)
+        self._n = self._log_P.shape[1]
+
+    @classmethod
+    def from_owner(cls, log_base, owner, eps: float) -> "LatentStrategyTeacher":
+        """Disjoint strategies given by an owner index (route-copying): rollout y belongs to strategy
+        owner[y] ∈ {0, …, K−1} (−1: to none, only where π0(y) = 0); w_z = π0(z), P_z = π0(· | z).
+        O(|Y| + K) memory: the (K, |Y|) law matrix `log_P` is built only if something asks for it."""
+        log_base = check_log_probs(float_array(log_base, "base policy", ndim=1), "base policy")
+        owner = np.asarray(owner)
+        if owner.shape != log_base.shape or not np.issubdtype(owner.dtype, np.integer):
+            raise PcmiInputError(f"owner must be one integer strategy index per rollout ({len(log_base)}), "
+                                 f"got shape {owner.shape}")
+        K = int(owner.max(initial=-1)) + 1
+        if np.any(owner < -1) or np.any(np.isfinite(log_base) & (owner < 0)):
+            raise PcmiInputError("owner must be a strategy index >= 0 for every rollout with π0(y) > 0 (-1 elsewhere)")
+        log_w = _group_logsumexp(np.where(owner >= 0, log_base, -np.inf), np.maximum(owner, 0), K)
+        if not np.all(np.isfinite(log_w)):
+            raise PcmiInputError("every strategy of owner must hold base probability > 0 (renumber the strategies)")
+        t = cls.__new__(cls)
+        t.log_w, t.eps, t._log_P, t._n = log_w, _check_unit(eps, "eps"), None, len(log_base)
+        t.log_base = np.where(owner >= 0, log_base, -np.inf)
+        t.disjoint, t._owner = True, owner.astype(np.int64)
+        return t
+
+    @property
+    def log_P(self) -> np.ndarray:
+        """log P_z(y), shape (K, |Y|) (for a teacher built from an owner index: materialized on demand)."""
+        if self._log_P is None:
+            P = np.full((self.n_strategies, self._n), -np.inf)
+            on = np.flatnonzero(self._owner >= 0)
+            P[self._owner[on], on] = self._log_p_own()[on]
+            self._log_P = P
+        return self._log_P
+
+    def _log_p_own(self) -> np.ndarray:
+        """log P_{z(y)}(y) for each rollout y of a disjoint teacher (−inf where it has no strategy)."""
+        if self._log_P is not None:
+            on = self._owner >= 0
+            return np.where(on, self._log_P[np.maximum(self._owner, 0), np.arange(self._n)], -np.inf)
+        with np.errstate(invalid="ignore"):
+            return np.where(self._owner >= 0, self.log_base - self.log_w[np.maximum(self._owner, 0)], -np.inf)
+
+    def with_weights(self, log_w) -> "LatentStrategyTeacher":
+        """The same strategy laws P_z with new weights (zero weights drop their strategy)."""
+        log_w = np.asarray(log_w, float)
+        keep = np.isfinite(log_w)
+        if not self.disjoint:
+            return LatentStrategyTeacher(log_normalize(log_w[keep]), self.log_P[keep], self.eps)
+        new = np.where(keep, np.cumsum(keep) - 1, -1)
+        owner = np.where(self._owner >= 0, new[np.maximum(self._owner, 0)], -1)
+        lw = log_normalize(log_w[keep])
+        with np.errstate(invalid="ignore"):
+            log_base = np.where(owner >= 0, lw[np.maximum(owner, 0)] + self._log_p_own(), -np.inf)
+        return LatentStrategyTeacher.from_owner(log_normalize(log_base), owner, self.eps)
 
     @property
     def n(self) -> int:
-        return self.log_P.shape[1]
+        return self._n
 
     @property
     def n_strategies(self) -> int:
-        return self.log_P.shape[0]
+        return len(self.log_w)
 
     @classmethod
     def from_probs(cls, w, P, eps: float) -> "LatentStrategyTeacher":
@@ -75,8 +129,12 @@ class LatentStrategyTeacher:
         log_base, labels = np.asarray(log_base, float), np.asarray(labels)
         if labels.shape != log_base.shape:
             raise PcmiInputError(f"got {len(labels)} route labels for {len(log_base)} rollouts")
-        resp = np.array([np.where(labels == z, 0.0, -np.inf) for z in np.unique(labels)])  # zero-mass z: dropped below
-        return cls.from_responsibilities(log_base, resp, eps)
+        _, label_idx = np.unique(labels, return_inverse=True)
+        label_idx = label_idx.reshape(-1)
+        mass = _group_logsumexp(log_base, label_idx, int(label_idx.max(initial=-1)) + 1)
+        keep = np.isfinite(mass)  # a label class with zero mass is no strategy
+        new = np.where(keep, np.cumsum(keep) - 1, -1)
+        return cls.from_owner(log_base, new[label_idx], eps)
 
     @classmethod
     def from_responsibilities(cls, log_base, log_resp, eps: float) -> "LatentStrategyTeacher":
@@ -94,8 +152,11 @@ class LatentStrategyTeacher:
         with π0(y') = 0 tells nothing: q(z | y') = w_z (never NaN)."""
         demo_idx = np.asarray(demo_idx)
         lb = self.log_base[demo_idx, None]
-        with np.errstate(invalid="ignore"):
-            log_q = (self.log_w[None, :] + self.log_P[:, demo_idx].T) - lb
+        if self.disjoint:  # q(z | y') = 1[z = owner(y')]
+            log_q = np.where(np.arange(self.n_strategies)[None, :] == self._owner[demo_idx, None], 0.0, -np.inf)
+        else:
+            with np.errstate(invalid="ignore"):
+                log_q = (self.log_w[None, :] + self.log_P[:, demo_idx].T) - lb
         return np.where(np.isfinite(lb), log_q, self.log_w[None, :])
 
     def _check_demos(self, log_D):
@@ -105,7 +166,13 @@ class LatentStrategyTeacher:
 
     def log_rows(self, demo_idx) -> np.ndarray:
         """log T(y | y'_j) for the demonstrations j in demo_idx, shape (B, |Y|)."""
-        return self._log_teacher(self.log_posterior(demo_idx), self.log_P, self.log_base)
+        if not self.disjoint:
+            return self._log_teacher(self.log_posterior(demo_idx), self.log_P, self.log_base)
+        demo_idx = np.asarray(demo_idx)
+        z = np.where(np.isfinite(self.log_base[demo_idx]), self._owner[demo_idx], -2)  # −2: π0(y') = 0, q = w
+        inner = np.where(self._owner[None, :] == z[:, None], self._log_p_own()[None, :], -np.inf)
+        inner = np.where((z == -2)[:, None], self.log_base[None, :], inner)
+        return _mix(inner, 1 - self.eps, self.log_base[None, :], self.eps)
 
     def _log_teacher(self, log_q, log_P_nodes, log_base_nodes):
         inner = logsumexp(log_q[:, :, None] + log_P_nodes[None, :, :], axis=1)
@@ -113,27 +180,59 @@ class LatentStrategyTeacher:
 
     def demo_classes(self, log_D, tree: PrefixTree, chunk: int = CHUNK) -> Iterator[tuple]:
         self._check_demos(log_D)
-        log_P_nodes = tree.prefix_logsumexp(self.log_P)
         log_base_nodes = tree.prefix_logsumexp(self.log_base)
-        if self.disjoint:  # route-copying: a demonstration only tells its strategy z
-            owners = self._owner
-            for z in range(self.n_strategies):
-                lw = logsumexp(np.where(owners == z, log_D, -np.inf))
-                if np.isfinite(lw):
-                    yield np.array([lw]), _mix(log_P_nodes[z], 1 - self.eps, log_base_nodes, self.eps)[None, :]
+        if self.disjoint:  # route-copying: a demonstration only tells its strategy z; one row of O(|tree|) per z
+            nodes = _strategy_nodes(self, tree)
+            lw = self._strategy_demo_mass(log_D)
+            for z in np.flatnonzero(np.isfinite(lw)):
+                yield lw[z:z + 1], _mix(nodes.log_p(z), 1 - self.eps, log_base_nodes, self.eps)[None, :]
             return
+        log_P_nodes = tree.prefix_logsumexp(self.log_P)
         demos = np.flatnonzero(np.isfinite(log_D))
         for lo in range(0, len(demos), chunk):
             idx = demos[lo:lo + chunk]
             yield log_D[idx], self._log_teacher(self.log_posterior(idx), log_P_nodes, log_base_nodes)
 
+    def _strategy_demo_mass(self, log_D) -> np.ndarray:
+        """log D(z) = log Σ_{y' ∈ z} D(y') per strategy (disjoint teachers)."""
+        on = self._owner >= 0
+        return _group_logsumexp(np.where(on, log_D, -np.inf), np.maximum(self._owner, 0), self.n_strategies)
+
+    def expected_log(self, log_D, tree: PrefixTree) -> np.ndarray:
+        """E_D log T(h | y') on every node. Disjoint strategies: Σ_z D(z)·log((1−eps)P_z(h) + eps·π0(h)),
+        where a prefix below which only strategy z has mass gives D(z)·log((1−eps)P_z(h) + eps·π0(h)) +
+        (1 − D(z))·log(eps·π0(h)): O(|tree| + K·#prefixes shared by several strategies)."""
+        if not self.disjoint:
+            return expected_log_by_classes(self, log_D, tree)
+        self._check_demos(log_D)
+        nodes = _strategy_nodes(self, tree)
+        base = tree.prefix_logsumexp(self.log_base)
+        lw = self._strategy_demo_mass(log_D)
+        d = prob_of(lw)
+        present = np.isfinite(lw)
+        off = safe_log(self.eps) + base                                   # log T(h | y') for y' outside h's strategy
+        own = nodes.owner
+        z = np.maximum(own, 0)
+        on = _mix(nodes.own_log_p, 1 - self.eps, base, self.eps)
+        d_own = np.where(own >= 0, d[z], 0.0)
+        n_other = present.sum() - np.where(own >= 0, present[z], False)
+        out = _weighted(d_own, on, (own >= 0) & present[z]) + _weighted(1.0 - d_own, off, n_other > 0)
+        if len(nodes.mixed):  # prefixes shared by several strategies: the full sum over z
+            rows = _mix(nodes.mixed_log_p, 1 - self.eps, base[nodes.mixed][:, None], self.eps)  # (M, K)
+            out[nodes.mixed] = _weighted(d[None, :], rows, present[None, :]).sum(axis=1)
+        return out
+
     def rebuilt(self, log_pi) -> "LatentStrategyTeacher":
         """The teacher of a new model π (theory.md §4): same P_z, weights = π's strategy masses
         m_z = Σ_y π(y) q(z | y) (exact for route-copying, where π = Σ_z m_z P_z stays true)."""
+        log_pi = np.asarray(log_pi, float)
+        if self.disjoint:
+            on = self._owner >= 0
+            log_m = _group_logsumexp(np.where(on, log_pi, -np.inf), np.maximum(self._owner, 0), self.n_strategies)
+            return self.with_weights(log_m)
         log_q = self.log_posterior(np.arange(self.n))  # (n, K)
-        log_m = logsumexp(np.asarray(log_pi)[:, None] + log_q, axis=0)
-        keep = np.isfinite(log_m)
-        return LatentStrategyTeacher(log_normalize(log_m[keep]), self.log_P[keep], self.eps)
+        log_m = logsumexp(log_pi[:, None] + log_q, axis=0)
+        return self.with_weights(log_m)
 
 
 class CopyTeacher:
@@ -225,6 +324,11 @@ def expected_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
     """E_{y'∼D} log T(h | y') on every tree node h (leaves: E_D log T(y | y'))."""
     if hasattr(teacher, "expected_log"):
         return teacher.expected_log(log_D, tree)
+    return expected_log_by_classes(teacher, log_D, tree)
+
+
+def expected_log_by_classes(teacher, log_D, tree: PrefixTree) -> np.ndarray:
+    """E_D log T(h | y') from the teacher's stream of demonstration classes (the generic route)."""
     total = np.zeros(tree.n_nodes)
     for log_w, log_t in teacher.demo_classes(log_D, tree):
         total += _weighted(prob_of(log_w)[:, None], log_t, np.isfinite(log_w)[:, None]).sum(axis=0)
@@ -257,3 +361,69 @@ def token_mixture_log(teacher, log_D, tree: PrefixTree) -> np.ndarray:
 def leaf_rows(teacher, n: int) -> np.ndarray:
     """The full |Y|×|Y| matrix log T(y | y'_j): for small instances and cross-checks only."""
     return teacher.log_rows(np.arange(n))
+
+
+def _group_logsumexp(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """log Σ_{i: groups[i] = g} exp(values[i]) for g < n_groups (−inf for an empty or zero group).
+    One bincount shifted by the global maximum; groups that underflow there are redone with their own."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.full(n_groups, -np.inf)
+    top = values[finite].max()
+    s = np.bincount(groups[finite], weights=np.exp(values[finite] - top), minlength=n_groups)
+    present = np.bincount(groups[finite], minlength=n_groups) > 0
+    low = present & (s < 1e-250)  # far below the global maximum: shift these by their own maximum
+    with np.errstate(divide="ignore"):
+        out = np.where(present, top + np.log(s), -np.inf)
+    if low.any():
+        pick = finite & low[groups]
+        m = np.full(n_groups, -np.inf)
+        np.maximum.at(m, groups[pick], values[pick])
+        s_low = np.bincount(groups[pick], weights=np.exp(values[pick] - m[groups[pick]]), minlength=n_groups)
+        out[low] = m[low] + np.log(s_low[low])
+    return out
+
+
+class _StrategyNodes:
+    """P_z(h) on the prefixes of a disjoint teacher without a (K, |tree|) array: `owner[h]` is the one
+    strategy with mass below h (−1: none, −2: several); `own_log_p[h]` = log P_{owner(h)}(h); the shared
+    prefixes `mixed` carry their full row `mixed_log_p` (M, K)."""
+
+    def __init__(self, teacher, tree: PrefixTree):
+        K = teacher.n_strategies
+        leaf_owner = teacher._owner
+        lo = np.full(tree.n_nodes, K, np.int64)
+        hi = np.full(tree.n_nodes, -1, np.int64)
+        lo[tree.leaf_node] = np.where(leaf_owner >= 0, leaf_owner, K)
+        hi[tree.leaf_node] = leaf_owner
+        lo, hi = tree.reduce_to_parents(lo, np.minimum), tree.reduce_to_parents(hi, np.maximum)
+        self.owner = np.where(hi < 0, -1, np.where(lo == hi, hi, -2))
+        self.own_log_p = tree.prefix_logsumexp(teacher._log_p_own())  # exact where owner >= 0
+        self.mixed = np.flatnonzero(self.owner == -2)
+        acc = np.full((len(self.mixed), K), -np.inf)
+        if len(self.mixed):
+            pos = np.full(tree.n_nodes, -1, np.int64)
+            pos[self.mixed] = np.arange(len(self.mixed))
+            child = np.arange(1, tree.n_nodes)
+            par = tree.parent[1:]
+            single = child[(pos[par] >= 0) & (self.owner[child] >= 0)]
+            np.logaddexp.at(acc, (pos[tree.parent[single]], self.owner[single]), self.own_log_p[single])
+            depth = tree.depth[self.mixed]
+            for d in range(int(depth.max()), 0, -1):  # shared prefixes, deepest first, into their parents
+                cs = self.mixed[depth == d]
+                np.logaddexp.at(acc, pos[tree.parent[cs]], acc[pos[cs]])
+        self.mixed_log_p = acc
+
+    def log_p(self, z: int) -> np.ndarray:
+        """log P_z(h) on every node."""
+        out = np.where(self.owner == z, self.own_log_p, -np.inf)
+        out[self.mixed] = self.mixed_log_p[:, z]
+        return out
+
+
+def _strategy_nodes(teacher, tree: PrefixTree) -> _StrategyNodes:
+    """The node view of a disjoint teacher on a tree, cached on the teacher for that tree."""
+    cache = getattr(teacher, "_nodes_cache", None)
+    if cache is None or cache[0] is not tree:
+        teacher._nodes_cache = (tree, _StrategyNodes(teacher, tree))
+    return teacher._nodes_cache[1]

@@ -792,14 +792,14 @@ def test_js_optimum_is_stationary_over_a_grid_of_alpha():
 
 
 def test_js_converged_flag_is_the_residual_against_tol():
-    """JSResult.converged means kkt_residual ≤ tol (the residual itself is a few ulps here)."""
+    """JSResult.converged means kkt_residual ≤ tol (the residual itself is a few ulps here, or 0)."""
     inst = worked_example()
     for alpha in (0.3, 0.7):
         r = pcmi.js_optimum(inst, alpha).kkt_residual
-        assert 0 < r <= 1e-12
-        assert not pcmi.js_optimum(inst, alpha, tol=0.0).converged
-        assert pcmi.js_optimum(inst, alpha, tol=r).converged
-        assert not pcmi.js_optimum(inst, alpha, tol=r / 2).converged
+        assert 0 <= r <= 1e-12
+        for tol in (0.0, r / 2, r, 1e-12):
+            res = pcmi.js_optimum(inst, alpha, tol=tol)
+            assert res.converged == (res.kkt_residual <= tol)
 
 
 

@@ -392,3 +392,77 @@ def test_generic_stream_counts_a_demonstration_whose_weight_underflows():
     tree = PrefixTree.flat(2)
     e = expected_log_teacher(t, log_D, tree)[tree.leaf_node]
     assert np.isneginf(e[0]) and e[1] == pytest.approx(np.log(0.5))
+
+
+# route-copying from an owner index: O(|Y|) memory, same answers ------------------------------------
+def route_copying_rows_by_hand(log_base, labels, eps):
+    """T(y|y') = (1−eps)·π0(y)·1[z(y) = z(y')]/π0(z(y')) + eps·π0(y), in probability space from the
+    labels (a demonstration with π0(y') = 0 tells nothing: T = π0)."""
+    p = np.exp(np.asarray(log_base, float))
+    labels = np.asarray(labels)
+    mass = {z: p[labels == z].sum() for z in np.unique(labels)}
+    T = np.empty((len(p), len(p)))
+    for j in range(len(p)):
+        cond = np.where(labels == labels[j], p / mass[labels[j]], 0.0) if p[j] > 0 else p
+        T[j] = (1 - eps) * cond + eps * p
+    return safe_log(T)
+
+
+@given(graph_instances(teacher={"kind": "route_copying", "eps": 0.1}), eps_closed)
+def test_route_copying_on_trees_equals_the_rows_by_hand(pair, eps):
+    """Every streamed quantity of the owner-indexed route-copying teacher (prefix-level strategy masses,
+    shared prefixes included) equals the same computed from hand-built dense rows."""
+    inst, ro = pair
+    t = LatentStrategyTeacher.route_copying(inst.log_base, ro.route, eps)
+    assert t._log_P is None  # nothing below needs the (K, |Y|) matrix
+    by_hand = KernelTeacher(route_copying_rows_by_hand(inst.log_base, ro.route, eps))
+    _close(leaf_rows(t, inst.n), by_hand.log_T, 1e-12)
+    for f in (expected_log_teacher, mixture_log_teacher, token_mixture_log):
+        _close(f(t, inst.log_demos, inst.tree), f(by_hand, inst.log_demos, inst.tree), 1e-9)
+    assert t._log_P is None
+    P = np.exp(t.log_P)  # materialized on demand: rows π0(·|z)
+    assert np.allclose(P.sum(axis=1), 1.0) and np.allclose(np.exp(t.log_w) @ P, np.exp(inst.log_base), atol=1e-14)
+
+
+def test_sabotage_shared_prefixes_left_out_is_caught(monkeypatch):
+    """A node view that forgets the prefixes shared by several routes (the root and above the concept
+    nodes) must disagree with the rows by hand."""
+    import pcmi.teachers as T
+    from graphworld import EdgePolicy, Task, multi_route_dag
+    from pcmi import graph_instance
+    g = multi_route_dag(3, 1, 2, seed=2, n_sources=1)
+    inst, ro = graph_instance(Task(g, *g.graph["prompts"][0], 4), EdgePolicy(stop_pref=0.0))
+    by_hand = KernelTeacher(route_copying_rows_by_hand(inst.log_base, ro.route, 0.2))
+    real = T._StrategyNodes.log_p
+    monkeypatch.setattr(T._StrategyNodes, "log_p", lambda self, z: np.where(self.owner == z, self.own_log_p, -np.inf))
+    t = LatentStrategyTeacher.route_copying(inst.log_base, ro.route, 0.2)
+    with pytest.raises(AssertionError):
+        _close(mixture_log_teacher(t, inst.log_demos, inst.tree), mixture_log_teacher(by_hand, inst.log_demos, inst.tree))
+    monkeypatch.setattr(T._StrategyNodes, "log_p", real)
+    mixed = T._StrategyNodes(t, inst.tree)
+    assert 0 in mixed.mixed  # the root is shared by every route
+
+
+@given(route_copying_instances(all_correct=False))
+def test_owner_teacher_rebuilt_and_reweighted_like_the_dense_one(inst):
+    """rebuilt(π) and with_weights keep the laws P_z and take the new weights, as the dense teacher does."""
+    t = inst.teacher
+    dense = LatentStrategyTeacher(t.log_w, t.log_P, t.eps)  # built from the materialized laws
+    rng = np.random.default_rng(0)
+    pi = inst.log_base + 0.5 * rng.standard_normal(inst.n)
+    pi = np.where(np.isfinite(pi), pi - logsumexp(pi[np.isfinite(pi)]), -np.inf)
+    a, b = t.rebuilt(pi), dense.rebuilt(pi)
+    _close(a.log_w, b.log_w, 1e-12)
+    _close(a.log_base, b.log_base, 1e-12)
+    _close(a.log_P, b.log_P, 1e-12)
+    _close(leaf_rows(a, inst.n), leaf_rows(b, inst.n), 1e-12)
+
+
+@pytest.mark.parametrize("owner, msg", [([0, 1], "one integer strategy index per rollout"),
+                                        ([0.0, 1.0, 1.0], "one integer strategy index"),
+                                        ([0, -1, 1], "index >= 0 for every rollout"),
+                                        ([0, 2, 2], "every strategy of owner")])
+def test_from_owner_refuses_a_bad_index(owner, msg):
+    with pytest.raises(PcmiInputError, match=msg) as info:
+        LatentStrategyTeacher.from_owner(np.log([0.2, 0.3, 0.5]), np.array(owner), 0.1)
+    assert "\n" not in str(info.value)
