@@ -238,8 +238,8 @@ def solve(inst: Instance, beta: float = 1.0, rollouts=None, mode: LossMode | Non
     if rollouts is not None:
         out["rollouts"] = [[str(v) for v in p] for p in rollouts.paths]
         out["route"] = rollouts.route.tolist()
-    out["metrics"] = {name: policy_metrics(lp, inst.log_base, inst.reward, inst.route, blocked)
-                      for name, lp in pols.items()}
+    out["metrics"] = _finite_or_none({name: policy_metrics(lp, inst.log_base, inst.reward, inst.route, blocked)
+                                      for name, lp in pols.items()})  # an infinite ratio distortion: null
     if mode is not None:
         out["fixed_point"] = fixed_point_of(inst, mode, teacher, tau, blocked=blocked, **fixed_point_options)
         out["gradient_at_base"] = gradient_at_base(inst, mode)

@@ -35,8 +35,9 @@ def ood_data():
     return ood.compute(seeds=(0, 1, 2, 3), k_max=64)
 
 
-def test_registry_lists_eight_figures():
-    assert FIGURES == ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse")
+def test_registry_lists_every_figure():
+    assert FIGURES == ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse",
+                       "discovery", "atlas")
     assert figure_names() == list(FIGURES) and figure_names("phase") == ["phase"]
 
 

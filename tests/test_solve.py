@@ -154,3 +154,16 @@ def test_solve_graph_route_copying_uses_the_closed_form(tmp_path, capsys):
     c = (r == 1) & (base > 0)
     ratio = np.log(sd[c]) - np.log(base[c])
     assert np.ptp(ratio) <= 1e-8  # π0's ratios among correct rollouts kept
+
+
+def test_an_infinite_ratio_distortion_is_null_not_a_crash(tmp_path, capsys):
+    """A teacher that rules out a correct rollout sends its SDSD probability to 0: the ratio
+    distortion is infinite, which JSON writes as null (allow_nan=False would otherwise crash)."""
+    from pcmi.cli import main
+    f = tmp_path / "inst.json"
+    f.write_text(json.dumps({"base": [0.5, 0.3, 0.2], "reward": [1, 1, 1],
+                             "teacher": [[0.6, 0.4, 0.0], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]}))
+    assert main(["solve", str(f)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["sdsd"]["ratio_distortion"] is None
+    assert out["metrics"]["rl"]["ratio_distortion"] is not None and abs(out["metrics"]["rl"]["ratio_distortion"]) < 1e-9
