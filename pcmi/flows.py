@@ -56,12 +56,13 @@ def schedule_of(inst: Instance, teacher="frozen", tau=None) -> TeacherSchedule:
 
 
 def on_policy_step(inst: Instance, policy: TabularPolicy, sched: TeacherSchedule, state, mode: LossMode,
-                   at: str = "") -> GradientReport:
-    """G_mode at the policy with D = π(· | r = 1) and the schedule's current teacher."""
+                   at: str = "", demos=None) -> GradientReport:
+    """G_mode at the policy with D = π(· | r = 1) (or D = demos(log π, reward), a demonstration law
+    computed from the current policy, e.g. a `pcmi.demonstrations` proxy) and the schedule's teacher."""
     if not has_reachable_success(policy.log_seq, inst.reward):
         raise PcmiInputError(f"{at}the policy has no correct rollout with positive probability, so the on-policy "
                              "demonstrations π(· | r = 1) are undefined")
-    log_D = demos_from_successes(policy.log_seq, inst.reward)
+    log_D = (demos_from_successes if demos is None else demos)(policy.log_seq, inst.reward)
     return expected_gradient(policy, sched.teacher(state), log_D, mode)
 
 
@@ -160,14 +161,16 @@ def natural_residual(policy: TabularPolicy, rep: GradientReport) -> float:
 
 
 def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau=None, *, tol: float = 1e-10,
-                          max_rounds: int = 20000, start: TabularPolicy | None = None, state=None) -> FixedPoint:
+                          max_rounds: int = 20000, start: TabularPolicy | None = None, state=None,
+                          demos=None) -> FixedPoint:
     """The on-policy fixed point reached from π0 (or from `start` with teacher state `state`) by
     natural-gradient rounds θ_h ← θ_h − λ·E_D v(h)/p on every reachable prefix (each logit moved
     by at most MAX_STEP; λ = 1 is the token-level optimum round for full α = 1; λ halves when PATIENCE
     rounds pass without a new smallest ‖G‖). For top-k without the tail the step has mean 0 over the
     top-k set, as the gradient has, so the mass outside it is conserved as under the flow.
     Raises FixedPointError when max_rounds pass without ‖G‖ ≤ tol (and, for live and EMA teachers,
-    the teacher's state within tol of the student's)."""
+    the teacher's state within tol of the student's). `demos(log π, reward) -> log D` replaces the
+    on-policy D = π(· | r = 1) by another law of the current policy (a remedy's demonstration choice)."""
     mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
     tol, max_rounds = _check_positive(tol, "tol"), _check_count(max_rounds, "max_rounds", 1)
     policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
@@ -175,7 +178,7 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
     reached_par = np.r_[0, inst.tree.parent[1:]]
     lam, best, since = 1.0, np.inf, 0
     for k in range(max_rounds + 1):
-        rep = on_policy_step(inst, policy, sched, state, mode, f"round {k}: ")
+        rep = on_policy_step(inst, policy, sched, state, mode, f"round {k}: ", demos)
         norm, gap = rep.norm, sched.gap(state, policy.log_seq)
         if norm <= tol and gap <= tol:
             # ‖G‖ vanishes with the mass near the boundary: certify only if a full natural round

@@ -589,3 +589,38 @@ def test_the_flow_refuses_bad_controls_in_one_line():
         with pytest.raises(PcmiInputError, match=word) as e:
             expected_gradient_flow(inst, FULL, **kw)
         assert one_line(e.value)
+
+
+@settings(max_examples=15, deadline=None)
+@given(route_copying_instances(all_correct=False))
+def test_a_fixed_demonstration_law_gives_its_one_round_optimum(inst):
+    """demos = a law that does not move with π (uniform over the correct rollouts, the inverse_prob proxy
+    at γ = 1): the frozen full α = 1 fixed point is π* ∝ exp(E_D log T) with that D, computed here from the
+    teacher's rows; demos = π(·|r = 1) written out is the default fixed point."""
+    from pcmi.instance import uniform_correct_demos
+    from pcmi.teachers import leaf_rows
+    log_U = uniform_correct_demos(inst.reward)
+    log_U = np.where(np.isfinite(inst.log_base), log_U, -np.inf)
+    log_U = log_U - logsumexp(log_U)
+    fp = on_policy_fixed_point(inst, demos=lambda log_pi, r: log_U)
+    rows = leaf_rows(inst.teacher, inst.n)
+    U = np.exp(log_U)
+    with np.errstate(invalid="ignore"):
+        e = np.where(U[:, None] > 0, np.where(np.isneginf(rows), -np.inf, U[:, None] * rows), 0.0).sum(axis=0)
+    want = np.exp(e - logsumexp(e))
+    assert np.max(np.abs(np.exp(fp.log_pi) - want)) < 1e-8
+    default = on_policy_fixed_point(inst)
+    written = on_policy_fixed_point(inst, demos=demos_from_successes)
+    assert np.array_equal(default.log_pi, written.log_pi)
+
+
+def test_sabotage_demos_hook_ignored_is_caught():
+    """A fixed point that ignored `demos` would return the on-policy collapse, not the uniform-D optimum."""
+    from pcmi.instance import uniform_correct_demos
+    base = np.log([0.5, 0.3, 0.2])
+    inst = Instance(base, [1, 1, 1], LatentStrategyTeacher.route_copying(base, [0, 1, 2], 0.1),
+                    demos_from_successes(base, np.array([1, 1, 1])), route=np.array([0, 1, 2]))
+    log_U = uniform_correct_demos(inst.reward)
+    with_hook = on_policy_fixed_point(inst, demos=lambda log_pi, r: log_U)
+    without = on_policy_fixed_point(inst)
+    assert np.max(np.abs(np.exp(with_hook.log_pi) - np.exp(without.log_pi))) > 0.1
