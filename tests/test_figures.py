@@ -37,7 +37,7 @@ def ood_data():
 
 def test_registry_lists_every_figure():
     assert FIGURES == ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse",
-                       "discovery", "atlas")
+                       "frontier", "discovery", "atlas")
     assert figure_names() == list(FIGURES) and figure_names("phase") == ["phase"]
 
 

@@ -20,7 +20,7 @@ from graphworld.graphs import parse_json, read_text_file
 from pcmi.errors import PcmiInputError
 
 #: the registered figures, in the order they are drawn (module pcmi.figures.<name>)
-FIGURES = ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse", "discovery", "atlas")
+FIGURES = ("tilt", "passk", "rounds", "ood", "phase", "token_vs_seq", "divergence", "collapse", "frontier", "discovery", "atlas")
 EXTENSIONS = ("json", "png", "pdf")
 MANIFEST = "MANIFEST.json"
 MANIFEST_KIND = "pcmi figures manifest"
