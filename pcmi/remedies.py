@@ -334,14 +334,18 @@ TOL = 1e-10
 
 
 def remedy_rounds(inst, name: str, knob=None, n_rounds: int = MAX_ROUNDS, *, tol: float = TOL,
-                  reference: str = "initial") -> RemedyRounds:
+                  reference: str = "initial", teacher: str = "live") -> RemedyRounds:
     """π_{k+1} = remedy(round-k instance), the round-k instance = `next_instance`(π_k):
     D_k = π_k(·|r=1), teacher (and base) rebuilt from π_k. The KL reference π0 of rl / blend / split /
     contrastive / anchor is the initial policy (reference="initial", a frozen reference model) or the
     current one π_k (reference="current"; RL's rounds of theory.md §4). Stops at the first k with
     TV(π_k, π_{k−1}) ≤ tol (π_0 = the base); otherwise converged=False after n_rounds. A round that
-    cannot be built (no correct rollout left) ends the rounds with `error` set, never silently."""
+    cannot be built (no correct rollout left) ends the rounds with `error` set, never silently.
+    teacher="frozen": only D follows the policy; base and teacher stay π0's (a trainer whose teacher is
+    the pretrained network, e.g. a `KernelTeacher` enumerated from it, which cannot be rebuilt)."""
     rem = remedy(name)
+    if teacher not in ("live", "frozen"):
+        raise PcmiInputError(f"teacher must be 'live' or 'frozen', got {teacher!r}")
     if reference not in REFERENCES:
         raise PcmiInputError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if isinstance(n_rounds, bool) or not isinstance(n_rounds, (int, np.integer)) or n_rounds < 1:
@@ -358,7 +362,8 @@ def remedy_rounds(inst, name: str, knob=None, n_rounds: int = MAX_ROUNDS, *, tol
     for k in range(1, int(n_rounds) + 1):
         if k > 1:
             try:
-                cur = next_instance(cur, prev, k - 1)
+                cur = (next_instance(cur, prev, k - 1) if teacher == "live"
+                       else on_policy_instance(inst, prev, k - 1, teacher="frozen"))
             except PcmiInputError as e:
                 error, k = str(e), k - 1
                 break

@@ -496,3 +496,30 @@ def test_dstar_remedy_keeps_ratios_when_available(graph_settings):
     assert np.allclose(lp, sdsd_optimum(inst.with_demos(d.log_demos)))
     if d.feasible:
         assert ratio_distortion(lp, inst.log_base, inst.reward) < 1e-8
+
+
+@settings(max_examples=15, deadline=None)
+@given(route_copying_instances(all_correct=False))
+def test_frozen_teacher_rounds_of_sdsd_are_the_frozen_sdsd_rounds(inst):
+    """teacher="frozen": only D follows the policy. At λ = 0 the blend's frozen rounds are
+    dynamics.sdsd_rounds(teacher="frozen"), round by round."""
+    from pcmi.dynamics import sdsd_rounds
+    mine = R.remedy_rounds(inst, "blend", 0.0, 6, tol=0.0, teacher="frozen")
+    ref = sdsd_rounds(inst, 6, teacher="frozen")
+    assert np.max(np.abs(np.exp(mine.log_pi) - np.exp(ref[-1].log_pi))) < 1e-12
+
+
+def test_frozen_blend_fixed_point_solves_its_own_equation():
+    """The frozen-teacher blend fixed point π* satisfies π* = blend_optimum(D = π*(·|r=1)) with π0's teacher."""
+    from pcmi.instance import demos_from_successes
+    base = np.log([0.4, 0.3, 0.2, 0.1])
+    reward = np.array([1, 1, 0, 1])
+    from pcmi.teachers import LatentStrategyTeacher
+    inst = Instance(base, reward, LatentStrategyTeacher.route_copying(base, [0, 1, 0, 2], 0.1),
+                    demos_from_successes(base, reward), route=np.array([0, 1, 0, 2]))
+    fp = R.remedy_rounds(inst, "blend", 0.5, teacher="frozen")
+    assert fp.converged
+    again = R.blend_optimum(inst.with_demos(demos_from_successes(fp.log_pi, reward)), 0.5)
+    assert np.max(np.abs(np.exp(again) - np.exp(fp.log_pi))) < 1e-9
+    with pytest.raises(PcmiInputError, match="teacher must be"):
+        R.remedy_rounds(inst, "blend", 0.5, teacher="ema")
