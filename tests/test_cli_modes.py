@@ -33,7 +33,8 @@ EXPLICIT = {"base": [0.5, 0.3, 0.2], "reward": [1, 1, 0],
 ROUTE = {"kind": "route_copying", "eps": 0.1}
 COPY = {"kind": "copy", "lam": 0.5}   # a copy teacher: token level ≠ sequence level on this graph
 TODAY = ["base", "rl", "rl_limit", "sdsd", "sdsd_tempered", "sdsd_token", "forward_kl", "forward_kl_token",
-         "contrastive", "expected_pcmi", "beta", "reward", "metrics"]
+         "contrastive", "expected_pcmi", "beta", "reward", "metrics",
+         "dstar", "dstar_spread", "dstar_method", "sdsd_under_dstar"]  # D* (P9): the ratio-preserving demonstrations
 NEW = {"fixed_point", "gradient_at_base"}
 
 
