@@ -8,9 +8,14 @@ import sys
 def add_train_arguments(t) -> None:
     """Arguments of `pcmi train` on an argparse (sub)parser."""
     t.add_argument("--config", default="tiny", help="tiny | small | gpu")
-    t.add_argument("--method", default="both", choices=["rl", "sdsd", "negative", "both", "all"],
-                   help="negative = the null baseline (fixed negative advantage on failures); all = rl, sdsd and "
-                        "negative; into a folder holding another method's finished checkpoint, its results are kept")
+    t.add_argument("--method", default=None, choices=["rl", "sdsd", "negative", "both", "all"],
+                   help="default both; negative = the null baseline (fixed negative advantage on failures); all = rl, "
+                        "sdsd and negative; into a folder holding another method's finished checkpoint, its results "
+                        "are kept")
+    t.add_argument("--grid", default=None, metavar="NAME",
+                   help="train a documented grid of switch settings (pcmi.training.grid.GRIDS: small = the default "
+                        "grid, tiny = seconds, for tests) into --out; resumable; excludes --method, --config, --seed")
+    t.add_argument("--ckpt-dir", default=None, help="--grid only: where checkpoints go (default OUT/checkpoints)")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
@@ -33,6 +38,13 @@ def train_command(args) -> int:
     except ImportError as exc:
         from ..errors import PcmiInputError
         raise PcmiInputError(f"pcmi train needs torch ({exc}); install it: pip install torch==2.13.0") from None
+    from ..errors import PcmiInputError
+    if getattr(args, "grid", None) is not None:
+        return grid_command(args)
+    if getattr(args, "ckpt_dir", None) is not None:
+        raise PcmiInputError("--ckpt-dir applies to --grid only")
+    if args.method is None:
+        args.method = "both"
     from .config import get_config, reduced
     cfg = get_config(args.config)
     if args.threads is not None:
@@ -46,4 +58,27 @@ def train_command(args) -> int:
     print(f"results in {os.path.abspath(args.out)}: summary.json, {', '.join(figs)} (config {name}, seed {args.seed}, "
           f"{summary['device']}, {summary['threads']} thread(s))")
     print(results_table(summary))
+    return 0
+
+
+def grid_command(args) -> int:
+    """`pcmi train --grid NAME --out DIR`: every (setting, seed) of the grid not yet finished in DIR,
+    then DIR/grid.json, the figures and the tables (pcmi.training.report)."""
+    from ..errors import PcmiInputError
+    clash = [f"--{k}" for k, default in (("method", None), ("config", "tiny"), ("seed", 0)) if getattr(args, k) != default]
+    if getattr(args, "reduced", False):
+        clash.append("--reduced")
+    if clash:
+        raise PcmiInputError(f"--grid excludes {', '.join(clash)} (the grid names its settings, config and seeds)")
+    from .grid import get_grid, load_results, run_grid
+    from .figures import write_grid_figures
+    from .report import grid_report
+    g = get_grid(args.grid)
+    t0 = __import__("time").perf_counter()
+    summary = run_grid(g, out=args.out, ckpt_dir=args.ckpt_dir, device=args.device or "cpu", threads=args.threads,
+                       log=_log)
+    figs = write_grid_figures(summary, args.out, load_results(args.out, list(summary["settings"]), g.seeds))
+    print(f"grid {g.name} in {os.path.abspath(args.out)}: grid.json, runs/, seeds/, "
+          f"{', '.join(os.path.basename(f) for f in figs)} ({__import__('time').perf_counter() - t0:.0f} s this call)")
+    print(grid_report(summary))
     return 0

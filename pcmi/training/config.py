@@ -21,8 +21,11 @@ _FLOAT_RANGE = {  # name: (low, high, low_closed, high_closed)
     "p_wrong": (0.0, 1.0, True, False), "pretrain_lr": (0.0, math.inf, False, False),
     "post_lr": (0.0, math.inf, False, False), "grad_clip": (0.0, math.inf, False, False),
     "beta": (0.0, math.inf, False, False), "alpha": (0.0, 1.0, True, True),
-    "ema_rate": (0.0, 1.0, True, True), "ckpt_minutes": (0.0, math.inf, False, False)}
+    "ema_rate": (0.0, 1.0, True, True), "ckpt_minutes": (0.0, math.inf, False, False),
+    "demo_gamma": (0.0, math.inf, True, False), "rl_weight": (0.0, 1.0, True, True)}
 _WHY = {"group_size": " (SDSD needs a sibling as demonstration)"}
+#: which other success of the group is a rollout's demonstration (pcmi.demonstrations names the exact laws)
+DEMO_CHOICES = ("uniform", "inverse_prob", "least_likely")
 
 
 def _check_field(name: str, v) -> None:
@@ -44,6 +47,9 @@ def _check_field(name: str, v) -> None:
     elif name == "teacher":
         if v not in ("live", "ema", "frozen"):
             raise PcmiInputError(f"TrainConfig.teacher must be live, ema or frozen, got {v!r}")
+    elif name == "demo_choice":
+        if v not in DEMO_CHOICES:
+            raise PcmiInputError(f"TrainConfig.demo_choice must be one of {', '.join(DEMO_CHOICES)}, got {v!r}")
     elif name == "loss_mode":
         from pcmi.objectives import MODES
         if v not in MODES:
@@ -103,6 +109,10 @@ class TrainConfig:
     distillation_topk: int = 100  # k of loss_mode "topk" (TRL's name; k ≥ vocabulary is the full loss)
     topk_of: str = "student"      # whose top-k tokens: "student" (TRL, SDPO) or "teacher"
     distillation_add_tail: bool = True  # topk: add the tail bucket 1 − Σ_topk p to both (TRL's name; SDPO's default)
+    # remedies for the collapse (docs/remedies.md): the demonstration law and the λ-blend with RL
+    demo_choice: str = "uniform"  # uniform | inverse_prob (P ∝ π(y')^−γ among the other successes) | least_likely
+    demo_gamma: float = 1.0       # γ of inverse_prob (0: uniform; 1: the group's successes equally likely in D)
+    rl_weight: float = 0.0        # λ-blend: loss = λ·(RL loss, KL leash β) + (1 − λ)·(SDSD loss), same rollouts
     # evaluation / bookkeeping
     ks: tuple = (1, 8, 64)        # pass@k and distinct-correct@k
     ckpt_every: int = 20          # checkpoint every this many steps (and at the end of a stage)

@@ -86,3 +86,110 @@ def _smooth(v, w: int = 5):
     if len(v) < w:
         return v
     return np.convolve(np.r_[np.full(w - 1, v[0]), v], np.ones(w) / w, mode="valid")
+
+
+# ----------------------------------------------------------------------------- grids (pcmi train --grid)
+GRID_FIGURES = ("grid_distances.png", "grid_outcomes.png", "grid_trajectories.png", "grid_live_ema.png",
+                "grid_predicted_vs_trained.png")
+
+
+def _errbar(ax, x, ivs, **kw):
+    v = np.array([i[0] for i in ivs])
+    lo, hi = np.array([i[1] for i in ivs]), np.array([i[2] for i in ivs])
+    ax.errorbar(x, v, yerr=[v - lo, hi - v], fmt=kw.pop("fmt", "o"), capsize=3, **kw)
+
+
+def write_grid_figures(summary: dict, out: str, runs: dict | None = None) -> list[str]:
+    """The grid's figures from grid.json (and, for the scatter, the unit files in out/runs/)."""
+    plt = _plt()
+    S = summary["settings"]
+    names = list(S)
+    x = np.arange(len(names))
+    paths = []
+    # 1. distances: median TV [CI] to own prediction, one-round optimum, RL optimum
+    fig, ax = plt.subplots(figsize=(max(7, 0.75 * len(names)), 3.8))
+    for off, (k, lab, c) in zip((-0.2, 0, 0.2), (("tv_own", "own prediction", "tab:red"),
+                                                 ("tv_one_round", "one-round optimum", "tab:purple"),
+                                                 ("tv_rl", "RL optimum (β = 0.1)", "tab:blue"))):
+        have = [i for i, n in enumerate(names) if k in S[n]]
+        _errbar(ax, x[have] + off, [S[names[i]][k]["median"] for i in have], color=c, label=lab)
+    ax.axhline(summary["accept_tv"], color="k", ls=":", lw=0.8, label=f"acceptance {summary['accept_tv']}")
+    ax.set(xticks=x, ylabel="TV(trained, ·): median over units", ylim=(-0.02, 1.02),
+           title=f"grid {summary['grid']}: trained policy vs predictions (95 % bootstrap CI over seeds × prompts)")
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+    ax.legend(fontsize=7)
+    paths.append(os.path.join(out, "grid_distances.png"))
+    _save(fig, paths[-1])
+    plt.close(fig)
+    # 2. outcomes: trained vs predicted success, strategy entropy, OOD success (median [CI])
+    fig, axs = plt.subplots(1, 3, figsize=(15, 3.8))
+    for a, (k, lab) in zip(axs, (("success", "success"), ("strategy_entropy", "strategy-mass H (nats)"),
+                                 ("ood_success", "OOD success"))):
+        _errbar(a, x - 0.12, [S[n][k]["median"] for n in names], color="k", label="trained")
+        have = [i for i, n in enumerate(names) if "predicted" in S[n]]
+        _errbar(a, x[have] + 0.12, [S[names[i]]["predicted"][k]["median"] for i in have], color="tab:orange",
+                fmt="s", label="predicted (from π0, T0)")
+        a.set(xticks=x, title=f"{lab}: median over units")
+        a.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+    axs[0].legend(fontsize=7)
+    paths.append(os.path.join(out, "grid_outcomes.png"))
+    _save(fig, paths[-1])
+    plt.close(fig)
+    # 3. trajectories (exact, at the probes) beside the predicted fixed point
+    cmap = plt.get_cmap("tab20")
+    fig, axs = plt.subplots(1, 3, figsize=(16, 4.0))
+    for j, n in enumerate(names):
+        t = S[n]["trajectory"]
+        if not t["step"]:
+            continue
+        for a, k in zip(axs, ("success", "strategy_entropy", "tv_own")):
+            if k in t:
+                a.plot(t["step"], t[k], color=cmap(j % 20), label=n, lw=1.2)
+            if k != "tv_own" and "predicted" in S[n]:
+                a.axhline(S[n]["predicted"][k]["median"][0], color=cmap(j % 20), ls="--", lw=0.7)
+    for a, lab in zip(axs, ("success (exact)", "strategy-mass H (exact)", "TV to own prediction")):
+        a.set(xlabel="post-training step", title=f"{lab}, median over units")
+    fig.suptitle("trajectories at the probes; dashed: the prediction from π0 and T0", fontsize=10)
+    axs[2].legend(fontsize=6, ncol=2)
+    paths.append(os.path.join(out, "grid_trajectories.png"))
+    _save(fig, paths[-1])
+    plt.close(fig)
+    # 4. live / EMA: trained trajectory vs the measured-teacher dynamics, and the teacher itself
+    dyn = [n for n in names if "measured_teacher_dynamics" in S[n]]
+    if dyn:
+        fig, axs = plt.subplots(len(dyn), 3, figsize=(15, 3.6 * len(dyn)), squeeze=False)
+        for row, n in zip(axs, dyn):
+            t, d = S[n]["trajectory"], S[n]["measured_teacher_dynamics"]
+            for a, k in zip(row[:2], ("success", "strategy_entropy")):
+                a.plot(t["step"], t[k], "k-o", ms=3, label="trained (exact)")
+                a.plot(t["step"], d["segment_fixed_point"][k], "r--", label="measured teacher, fixed point per segment")
+                a.plot(t["step"], d["segment_one_round"][k], "b:", label="measured teacher, one round per segment")
+                a.axhline(S[n]["predicted"][k]["median"][0], color="tab:orange", lw=0.8, label="frozen-teacher prediction")
+                a.set(xlabel="step", title=f"{n}: {k} (median over units)")
+            row[0].legend(fontsize=7)
+            a = row[2]
+            for k, c in (("teacher_tv", "tab:red"), ("teacher_success", "tab:green"), ("copy_strength", "tab:purple")):
+                a.plot(t["step"], t[k], color=c, marker=".", label=k.replace("_", " "))
+            a.set(xlabel="step", title=f"{n}: the network's in-context teacher", ylim=(-0.02, 1.02))
+            a.legend(fontsize=7)
+        paths.append(os.path.join(out, "grid_live_ema.png"))
+        _save(fig, paths[-1])
+        plt.close(fig)
+    # 5. predicted vs trained outcome per unit
+    if runs:
+        fig, axs = plt.subplots(1, 3, figsize=(15, 4.2))
+        for j, n in enumerate(names):
+            units = [u for r in runs.get(n, []) for u in r["units"] if "predicted" in u]
+            for a, k in zip(axs, ("success", "strategy_entropy", "ood_success")):
+                if units:
+                    a.scatter([u["predicted"][k] for u in units], [u[k] for u in units], s=9, color=cmap(j % 20),
+                              label=f"{n} (ρ {S[n]['spearman'][k][0]:.2f})")
+        for a, k in zip(axs, ("success", "strategy_entropy", "ood_success")):
+            lo, hi = a.get_xlim()
+            a.plot([lo, hi], [lo, hi], color="gray", lw=0.7)
+            a.set(xlabel=f"predicted {k} (from π0 and T0 alone)", ylabel=f"trained {k}", title=f"{k}: one dot per (seed, prompt)")
+        axs[1].legend(fontsize=6, ncol=2)
+        paths.append(os.path.join(out, "grid_predicted_vs_trained.png"))
+        _save(fig, paths[-1])
+        plt.close(fig)
+    return paths

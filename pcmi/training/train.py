@@ -68,7 +68,17 @@ def load_checkpoint(path: str, device) -> dict:
 
 
 def checkpoint_matches(ck: dict, cfg, seed: int) -> bool:
-    return ck.get("run") == _run_key(cfg, seed)
+    """The checkpoint's run key (config and seed) is this run's. A key written before a TrainConfig field
+    existed matches when this run leaves that field at its default (a new switch does not orphan old
+    checkpoints); any other difference does not."""
+    key, cur = ck.get("run"), _run_key(cfg, seed)
+    if key == cur:
+        return True
+    if not isinstance(key, dict) or key.get("seed") != cur["seed"] or not isinstance(key.get("config"), dict):
+        return False
+    from .config import TrainConfig
+    old, new, default = key["config"], cur["config"], _run_key(TrainConfig(), seed)["config"]
+    return set(old) <= set(new) and all(old.get(k, default[k]) == v for k, v in new.items())
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -76,9 +86,14 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, *,
-              ref_model=None, stop_after: int | None = None, progress: bool = True, log=None) -> dict:
+              ref_model=None, stop_after: int | None = None, progress: bool = True, log=None,
+              probe=None, probe_every: int = 0) -> dict:
     """Train `model` in place for the stage ("pretrain", "rl", "sdsd" or the null baseline "negative");
     resumes from ckpt_path.
+    probe(model, teacher) -> dict (JSON-able), called before the first step and after every
+    `probe_every` steps (teacher: the SDSD teacher network, else None); its rows, with "step", are kept in
+    state["probes"] and checkpointed with it, so a resumed stage keeps the rows measured before the kill.
+    Probes run outside the timed step (wall_s, tokens/s exclude them).
     Returns the stage state {"step", "history", "wall_s", "tokens", "done", "resumed_from", ...}."""
     n_steps = cfg.pretrain_steps if stage == "pretrain" else cfg.post_steps
     if stage == "pretrain":
@@ -113,6 +128,8 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
     state["steps_this_call"] = 0
     if state["done"]:
         return state
+    if probe is not None and probe_every > 0 and state["step"] == 0 and not state.get("probes"):
+        state["probes"] = [{"step": 0, **probe(model, teacher)}]
 
     def save():
         save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "torch_rng": gen.get_state(),
@@ -134,7 +151,7 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
         elif stage == "negative":
             log_row, tokens = negative_step(model, opt, world, cfg, rng, gen, valid)
         else:
-            log_row, tokens = sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid)
+            log_row, tokens = sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=ref_model)
             if cfg.teacher == "ema":
                 ema_update(teacher, model, cfg.ema_rate)
         state["step"] += 1
@@ -143,6 +160,8 @@ def run_stage(stage: str, cfg, world, model, ckpt_path: str, seed: int, device, 
         if state["step"] % cfg.log_every == 0 or state["step"] == n_steps:
             state["history"].append({"step": state["step"], **log_row})
         state["done"] = state["step"] == n_steps
+        if probe is not None and probe_every > 0 and (state["step"] % probe_every == 0 or state["done"]):
+            state.setdefault("probes", []).append({"step": state["step"], **probe(model, teacher)})
         if (state["step"] % cfg.ckpt_every == 0 or state["done"]
                 or time.monotonic() - last_save >= 60 * cfg.ckpt_minutes):
             save()
@@ -275,10 +294,17 @@ def negative_step(model, opt, world, cfg, rng, gen, valid):
 
 
 # ----------------------------------------------------------------------------- SDSD
-def choose_demonstrations(ro, group_size: int, rng):
+def choose_demonstrations(ro, group_size: int, rng, logp=None, choice: str = "uniform", gamma: float = 1.0):
     """For each rollout, a correct sibling of its group (never itself) or −1.
+    choice (theory.md §10, pcmi.demonstrations): "uniform" draws one of the other successes uniformly;
+    "inverse_prob" draws it with probability ∝ π(y')^−γ (logp: the rollouts' log π, detached), so that
+    in a large group D ∝ π(y'|r=1)·π(y')^−γ; "least_likely" takes the least likely other success
+    (ties: the lower index).
     Returns (demo index (N,), n_only_success (masked lone successes), n_skipped_prompts)."""
     r = ro.reward.view(-1, group_size).cpu().numpy() > 0
+    if choice != "uniform" and logp is None:
+        raise PcmiInputError(f"demo_choice {choice} needs the rollouts' log-probabilities")
+    lp = None if logp is None else np.asarray(logp, float).reshape(-1)
     demo = np.full(r.size, -1)
     only, skipped = 0, 0
     for p in range(r.shape[0]):
@@ -289,8 +315,18 @@ def choose_demonstrations(ro, group_size: int, rng):
         only += int(len(ok) == 1)
         for g in range(group_size):
             cands = ok[ok != g]
-            if len(cands):
-                demo[p * group_size + g] = p * group_size + int(rng.choice(cands))
+            if not len(cands):
+                continue
+            if choice == "uniform":
+                pick = int(rng.choice(cands))
+            else:
+                lc = lp[p * group_size + cands]
+                if choice == "least_likely":
+                    pick = int(cands[np.argmin(lc)])
+                else:
+                    w = np.exp(-gamma * (lc - lc.min()))  # ∝ π^−γ, the largest weight 1
+                    pick = int(rng.choice(cands, p=w / w.sum()))
+            demo[p * group_size + g] = p * group_size + pick
     return demo, only, skipped
 
 
@@ -324,19 +360,32 @@ def sdsd_loss(model, teacher, world, ro, demo_idx, mode):
                   "ctx_len": student_ctx.shape[1] + teacher_ctx.shape[1]}
 
 
-def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid):
-    """One self-distillation step (see module docstring)."""
+def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=None):
+    """One self-distillation step (see module docstring); with cfg.rl_weight = λ > 0 the λ-blend
+    λ·(RL loss against ref_model, leash β) + (1 − λ)·(SDSD loss) on the same rollouts."""
     model.eval()
     ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
     model.train()
-    demo_idx, n_only, n_skipped = choose_demonstrations(ro, cfg.group_size, rng)
+    logp = None
+    if cfg.demo_choice != "uniform":
+        with torch.no_grad():
+            ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
+            logp = sequence_logprob(completion_logits(model, ctx, ro.tokens), ro.tokens, ro.mask).cpu().numpy()
+    demo_idx, n_only, n_skipped = choose_demonstrations(ro, cfg.group_size, rng, logp, cfg.demo_choice, cfg.demo_gamma)
     loss, st = sdsd_loss(model, teacher, world, ro, demo_idx, cfg.loss())
+    extra = {}
+    if cfg.rl_weight > 0:
+        if ref_model is None:
+            raise PcmiInputError("TrainConfig.rl_weight > 0 (the λ-blend) needs the reference model π0")
+        rl, st_rl = rl_loss(model, ref_model, world, ro, cfg)
+        loss = cfg.rl_weight * rl + (1 - cfg.rl_weight) * loss
+        extra = {"kl_ref": st_rl["kl_ref"]}
     gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
             "masked_only_success": n_only, "skipped_prompts": n_skipped,
             "demo_fraction": st["demo_fraction"],
-            "groups_two_successes": groups_with_two_successes(ro, cfg.group_size)}, tokens
+            "groups_two_successes": groups_with_two_successes(ro, cfg.group_size), **extra}, tokens
 
 
 @torch.no_grad()
