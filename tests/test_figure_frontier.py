@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -142,7 +143,7 @@ def test_data_is_plain_json_and_draws(small):
     text = json.dumps(jsonable(small), allow_nan=False)
     assert json.loads(text)["name"] == "frontier"
     fig = frontier.draw(json.loads(text))
-    assert len(fig.axes) == 2 * len(small["settings"])
+    assert len(fig.axes) == 2 * (len(small["settings"]) + bool(small.get("trained")))  # + the trained row
 
 
 def test_unknown_remedy_is_one_line_error():
@@ -236,3 +237,21 @@ def test_sabotage_doc_winner_check_catches_a_wrong_winner(doc_and_data):
 
 def test_doc_states_the_regenerate_command():
     assert "`pcmi figures --only frontier`" in open(DOC).read()
+
+
+def test_trained_points_are_the_runs_means_with_intervals(tmp_path):
+    """trained_points: per setting the mean over every (seed, prompt) unit of the runs files, inside its
+    bootstrap interval; no runs folder gives None (the figure then has no trained row)."""
+    import json
+    from pcmi.figures import frontier as F
+    for seed, vals in ((0, [0.9, 0.8]), (1, [0.7, 1.0])):
+        d = tmp_path / "runs" / "rl"
+        d.mkdir(parents=True, exist_ok=True)
+        units = [{"prompt": i, "success": v, "strategy_entropy": 1 - v, "ood_success": v / 2,
+                  "predicted": {"success": 1.0, "strategy_entropy": 0.5, "ood_success": 0.4}} for i, v in enumerate(vals)]
+        (d / f"seed{seed}.json").write_text(json.dumps({"units": units}))
+    pts = F.trained_points(str(tmp_path / "runs"))
+    r = pts["rl"]
+    assert r["n_units"] == 4 and np.isclose(r["success"][0], 0.85) and r["success"][1] <= 0.85 <= r["success"][2]
+    assert np.isclose(r["strategy_entropy"][0], 0.15) and np.isclose(r["predicted_success"][0], 1.0)
+    assert F.trained_points(str(tmp_path / "nothing")) is None

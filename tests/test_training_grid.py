@@ -158,7 +158,8 @@ def test_every_grid_is_documented():
         for n in g.settings:                                # every setting's config validates
             g.cfg().replace(**dict(G.BY_NAME[n].overrides))
     small = G.GRIDS["small"]
-    assert len(small.seeds) >= 5 and set(small.settings) == set(G.BY_NAME)
+    assert len(small.seeds) >= 5 and set(small.settings) | set(G.REMEDY_SETTINGS) == set(G.BY_NAME)
+    assert len(G.GRIDS["remedies"].seeds) >= 5 and {"sdsd_full_a1", "rl"} <= set(G.GRIDS["remedies"].settings)
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -373,3 +374,34 @@ def test_checkpoint_from_before_a_new_config_field_still_matches_at_its_default(
     assert not checkpoint_matches({"run": {"seed": 3, "config": {**key["config"], "unknown": 1}}}, cfg, 3)
     assert not checkpoint_matches({"run": {"seed": 3, "config": {**key["config"], "post_steps": 7}}}, cfg, 3)
     assert TrainConfig().alpha == cfg.alpha
+
+
+
+# ----------------------------------------------------------------------------- remedies' predictions
+@settings(max_examples=15, deadline=None)
+@given(tree_instances())
+def test_blend_prediction_solves_the_blend_fixed_point_equation(inst):
+    """blend_fixed_point: π* = blend_optimum(D = π*(·|r=1)) with π0's teacher and reference, β = 0.1."""
+    from pcmi.remedies import blend_optimum
+    lp, tol = G.blend_fixed_point(inst, 0.9, 0.1)
+    assume(lp is not None)
+    again = blend_optimum(inst.with_demos(pcmi.demos_from_successes(lp, inst.reward)), 0.9, beta=0.1,
+                          log_ref=inst.log_base)
+    assert pcmi.total_variation(again, lp) <= 1e-9
+
+
+def test_remedy_prediction_keys_name_their_law():
+    cfg = G.GRIDS["remedies"].cfg()
+    keys = {n: G.prediction_key(G.BY_NAME[n], cfg.replace(**dict(G.BY_NAME[n].overrides))) for n in G.REMEDY_SETTINGS}
+    assert keys["blend_0.98"] == "blend:0.98:0.1" and keys["sdsd_inverse_prob"].endswith("|inverse_prob:1.0")
+    assert len(set(keys.values())) == len(keys)  # no two remedies share (and so overwrite) a cached prediction
+
+
+def test_demo_law_of_the_trainer_is_the_proxy_law():
+    """inverse_prob at γ = 1 is uniform over the correct rollouts the policy reaches."""
+    cfg = G.GRIDS["remedies"].cfg().replace(demo_choice="inverse_prob", demo_gamma=1.0)
+    law = G.demo_law_of(cfg)
+    lp = np.log([0.5, 0.2, 0.2, 0.1, 0.0])
+    D = np.exp(law(lp, np.array([1, 1, 0, 1, 1])))
+    assert np.allclose(D, [1 / 3, 1 / 3, 0, 1 / 3, 0])
+    assert G.demo_law_of(cfg.replace(demo_choice="uniform")) is None

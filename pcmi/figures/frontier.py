@@ -15,6 +15,9 @@ SDSD's one-round KL(π_SD‖π0), for the one-round optimum and for the fixed po
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from pcmi.distributions import kl
@@ -123,15 +126,54 @@ def setting_data(graph, policy, teacher, remedies, n_knobs, max_rounds) -> dict:
             "target_kl": target, "base": _point(inst, blocked, inst.log_base), "remedies": rem, "pareto": pareto}
 
 
+#: the trained remedies (`pcmi train --grid remedies`), drawn as a third row when the results are there
+TRAINED_RUNS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "figures", "training", "remedies", "runs")
+TRAINED_ORDER = ("sdsd_full_a1", "rl", "sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "blend_0.95", "blend_0.98")
+TRAINED_LABELS = {"sdsd_full_a1": "SDSD", "rl": "RL (β = 0.1)", "sdsd_inverse_prob": "SDSD, D ∝ π^−1 (γ = 1)",
+                  "sdsd_inverse_prob_0.75": "SDSD, D ∝ π^−0.75", "blend_0.95": "λ-blend λ = 0.95",
+                  "blend_0.98": "λ-blend λ = 0.98"}
+TRAINED_COLORS = {"sdsd_full_a1": "#d62728", "rl": "#1f77b4", "sdsd_inverse_prob": "#7f7f7f",
+                  "sdsd_inverse_prob_0.75": "#bcbd22", "blend_0.95": "#17becf", "blend_0.98": "#2ca02c"}
+
+
+def trained_points(runs=TRAINED_RUNS) -> dict | None:
+    """Per trained setting of the remedies grid: mean success, strategy-mass entropy and OOD success over
+    its (seed, prompt) units, each with its 95 % bootstrap interval (pcmi.training.intervals), trained and
+    predicted (the setting's own on-policy fixed point, where certified). None without the results."""
+    if not os.path.isdir(runs):
+        return None
+    from pcmi.training.intervals import interval
+    out = {}
+    for name in TRAINED_ORDER:
+        folder = os.path.join(runs, name)
+        if not os.path.isdir(folder):
+            continue
+        units = []
+        for f in sorted(os.listdir(folder)):
+            if f.endswith(".json"):
+                with open(os.path.join(folder, f)) as fh:
+                    units += json.load(fh)["units"]
+        row = {"n_units": len(units), "label": TRAINED_LABELS[name]}
+        for key in ("success", "strategy_entropy", "ood_success"):
+            row[key] = list(interval(np.array([u[key] for u in units]), "mean"))
+            pred = [u["predicted"][key] for u in units if "predicted" in u]
+            row["predicted_" + key] = list(interval(np.array(pred), "mean")) if pred else None
+        out[name] = row
+    return out or None
+
+
 def compute(graph=GRAPH, settings=SETTINGS, teacher=TEACHER, remedies=REMEDY_NAMES, n_knobs=N_KNOBS,
-            max_rounds=MAX_ROUNDS) -> dict:
+            max_rounds=MAX_ROUNDS, trained_runs=TRAINED_RUNS) -> dict:
     for n in remedies:
         if n not in REMEDIES:
             raise PcmiInputError(f"unknown remedy {n!r}; choose from {', '.join(REMEDIES)}")
     return {"name": NAME, "graph": graph_label(graph), "teacher": teacher, "n_knobs": n_knobs,
             "max_rounds": max_rounds, "tol": 1e-10, "reference": "initial (KL terms to the frozen π0)",
             "target": "KL(π‖π0) = SDSD's one-round KL(π_SD‖π0)", "pareto_tol": PARETO_TOL,
-            "settings": {k: setting_data(graph, p, teacher, remedies, n_knobs, max_rounds) for k, p in settings.items()}}
+            "settings": {k: setting_data(graph, p, teacher, remedies, n_knobs, max_rounds) for k, p in settings.items()},
+            "trained": trained_points(trained_runs) if trained_runs else None,
+            "trained_source": "pcmi train --grid remedies (config small, 5 seeds × 8 prompts; figures/training/remedies)"}
 
 
 # --- drawing ---------------------------------------------------------------------------------
@@ -141,8 +183,11 @@ TITLES = {"all_correct": "every rollout correct", "failing": "with failing rollo
 
 def draw(data):
     settings = data["settings"]
-    fig, axes = new_figure(len(PANELS), len(settings), width=5.6, height=4.4)
-    axes = np.asarray(axes).reshape(len(settings), len(PANELS))
+    trained = data.get("trained")
+    fig, axes = new_figure(len(PANELS), len(settings) + bool(trained), width=5.6, height=4.4)
+    axes = np.asarray(axes).reshape(len(settings) + bool(trained), len(PANELS))
+    if trained:
+        _draw_trained(axes[-1], trained)
     for row, (setting, d) in zip(axes, settings.items()):
         for ax, (key, xlabel) in zip(row, PANELS):
             for name, r in d["remedies"].items():
@@ -181,3 +226,25 @@ def draw(data):
                  "filled dot = fixed point, open dot = one round, black ring = Pareto set; squares: knob-free remedies "
                  "(filled = fixed point)", fontsize=9)
     return fig
+
+
+def _draw_trained(row, trained: dict) -> None:
+    """The trained remedies: mean over (seed, prompt) units with 95 % bootstrap intervals (filled), and
+    each setting's predicted on-policy fixed point (open, dashed interval)."""
+    for ax, (panel_key, xlabel) in zip(row, PANELS):
+        key = {"strategy_mass_entropy": "strategy_entropy"}.get(panel_key, panel_key)
+        for name, r in trained.items():
+            c = TRAINED_COLORS.get(name, "k")
+            x, y = r[key], r["success"]
+            ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+                        fmt="o", color=c, ms=7, capsize=3, label=f"{r['label']} (trained)")
+            px, py = r.get("predicted_" + key), r.get("predicted_success")
+            if px and py:
+                ax.errorbar(px[0], py[0], xerr=[[px[0] - px[1]], [px[2] - px[0]]], fmt="o", mfc="none", color=c,
+                            ms=7, capsize=2, ls="none", alpha=0.7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("success probability")
+        ax.set_title(f"trained (config small, 40 units, 95% CI; open = predicted): success vs "
+                     f"{'route entropy' if key != 'ood_success' else 'OOD'}", fontsize=8)
+        ax.grid(alpha=0.3)
+    row[0].legend(fontsize=6.5, loc="best")

@@ -110,6 +110,18 @@ SETTINGS = [
     _sd("sdsd_live", "full α = 1, live teacher (the current network)", loss_mode="full", teacher="live"),
     _sd("sdsd_ema", "full α = 1, EMA teacher τ = 0.05 per step from the pretrained model", loss_mode="full",
         teacher="ema", ema_rate=0.05),
+    # remedies for the collapse (issue 11; docs/remedies.md): the demonstration law and the λ-blend
+    _sd("sdsd_inverse_prob", "full α = 1, frozen teacher, demonstration ∝ π(y')^−1 among the other successes "
+        "(the D* proxy inverse_prob, γ = 1)", loss_mode="full", demo_choice="inverse_prob", demo_gamma=1.0),
+    _sd("sdsd_inverse_prob_0.75", "as sdsd_inverse_prob with γ = 0.75", loss_mode="full", demo_choice="inverse_prob",
+        demo_gamma=0.75),
+    _sd("sdsd_least_likely", "full α = 1, frozen teacher, the group's least likely other success as "
+        "demonstration (the D* proxy least_likely; its exact rounds 2-cycle, so it has no certified prediction)",
+        loss_mode="full", demo_choice="least_likely"),
+    _sd("blend_0.95", "λ-blend λ = 0.95: 0.95·RL loss (β = 0.1) + 0.05·SDSD reward-to-go (sequence) loss, frozen "
+        "teacher", loss_mode="sequence", rl_weight=0.95),
+    _sd("blend_0.98", "λ-blend λ = 0.98: 0.98·RL loss (β = 0.1) + 0.02·SDSD reward-to-go (sequence) loss, frozen "
+        "teacher", loss_mode="sequence", rl_weight=0.98),
     Setting("rl", "rl", (), "GRPO-style RL, KL leash β = 0.1 in the reward (Dr. GRPO advantages)"),
     Setting("negative", "negative", (), "null baseline: fixed advantage −1 on failures, 0 on successes"),
     Setting("grpo_matched", "rl", (), "RL with β chosen so that the exact RL optimum's KL to π0 matches "
@@ -134,9 +146,16 @@ class Grid:
         return get_config(self.config).replace(**dict(self.overrides))
 
 
+REMEDY_SETTINGS = ("sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "sdsd_least_likely", "blend_0.95", "blend_0.98")
+#: the remedies trained in the grid "remedies" (least_likely is left out: no prediction to compare with, and its
+#: uncertified rounds cost minutes per prompt)
+TRAINED_REMEDIES = ("sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "blend_0.95", "blend_0.98")
 GRIDS = {
-    "small": Grid("small", "small", (0, 1, 2, 3, 4), tuple(s.name for s in SETTINGS), probe_every=10,
+    "small": Grid("small", "small", (0, 1, 2, 3, 4), tuple(s.name for s in SETTINGS if s.name not in REMEDY_SETTINGS),
+                  probe_every=10,
                   doc="the default: config small (8 prompts, 150 post-training steps), seeds 0–4, every setting"),
+    "remedies": Grid("remedies", "small", (0, 1, 2, 3, 4), ("sdsd_full_a1", "rl", *TRAINED_REMEDIES), probe_every=10,
+                     doc="issue 11: SDSD, RL and the remedies (D* proxies, λ-blends) on config small, seeds 0–4"),
     "tiny": Grid("tiny", "tiny", (0, 1), ("sdsd_full_a1", "sdsd_ema", "rl", "negative", "grpo_matched"),
                  probe_every=5, overrides=(("pretrain_steps", 100), ("post_steps", 10), ("group_size", 4)),
                  doc="for tests: config tiny at 100 + 10 steps, seeds 0–1, five settings (seconds; numbers mean nothing)"),
@@ -259,7 +278,13 @@ def prompt_context(base, world, i, dev) -> PromptContext:
 
 
 def prediction_key(setting: Setting, cfg) -> str:
-    """Which prediction is the setting's own: fp:<mode label> (SDSD), rl:<β> (RL), None (null baseline)."""
+    """Which prediction is the setting's own: fp:<mode label> (SDSD), rl:<β> (RL), None (null baseline);
+    remedies: blend:<λ>:<β> (the λ-blend's frozen-teacher on-policy fixed point), fp:<mode>|<demo law>:<γ>
+    (the mode's fixed point with the demonstration law of the current policy)."""
+    if setting.method == "sdsd" and cfg.rl_weight > 0:
+        return f"blend:{cfg.rl_weight!r}:{cfg.beta!r}"
+    if setting.method == "sdsd" and cfg.demo_choice != "uniform":
+        return f"fp:{cfg.loss().label}|{cfg.demo_choice}:{cfg.demo_gamma!r}"
     if setting.method == "sdsd":
         return "fp:" + cfg.loss().label
     if setting.method == "rl":
@@ -272,9 +297,11 @@ def predict(ctx: PromptContext, key: str, cfg) -> np.ndarray | None:
     certifies (the unit then has no own prediction and is counted as `uncertified_prediction`)."""
     from pcmi.flows import FixedPointError
     if key not in ctx.predictions:
-        if key.startswith("fp:"):
+        if key.startswith("blend:"):
+            ctx.predictions[key], ctx.fp_tol[key] = blend_fixed_point(ctx.inst, cfg.rl_weight, cfg.beta)
+        elif key.startswith("fp:"):
             try:
-                ctx.predictions[key], ctx.fp_tol[key] = certified_fixed_point(ctx.inst, cfg.loss())
+                ctx.predictions[key], ctx.fp_tol[key] = certified_fixed_point(ctx.inst, cfg.loss(), demo_law_of(cfg))
             except FixedPointError as exc:
                 ctx.predictions[key], ctx.fp_tol[key] = None, str(exc)
         elif key.startswith("rl:"):
@@ -296,7 +323,7 @@ def fixed_point_from(log_pi, ctx: PromptContext, cfg, log_own) -> dict:
     for tol, rounds in zip(FP_TOLS, FP_ROUNDS_AT):
         try:
             fp = on_policy_fixed_point(ctx.inst, cfg.loss(), "frozen", tol=tol, max_rounds=rounds,
-                                       start=TabularPolicy.from_log_probs(ctx.rs.tree, log_pi))
+                                       start=TabularPolicy.from_log_probs(ctx.rs.tree, log_pi), demos=demo_law_of(cfg))
         except FixedPointError:
             continue
         return {"tv_to_trained": pcmi.total_variation(fp.log_pi, log_pi),
@@ -304,13 +331,46 @@ def fixed_point_from(log_pi, ctx: PromptContext, cfg, log_own) -> dict:
     return None
 
 
-def certified_fixed_point(inst, mode) -> tuple[np.ndarray, float]:
+def demo_law_of(cfg):
+    """The trainer's demonstration choice as a law of the current policy, demos(log π, r) -> log D
+    (pcmi.demonstrations.proxy_demos: inverse_prob D ∝ π(·|r=1)·π^−γ, the large-group limit of drawing
+    ∝ π^−γ; least_likely the exact law for groups of cfg.group_size); None for uniform (D = π(·|r=1))."""
+    if cfg.demo_choice == "uniform":
+        return None
+    from types import SimpleNamespace
+    from pcmi.demonstrations import proxy_demos
+
+    def law(log_pi, reward):
+        return proxy_demos(SimpleNamespace(log_base=log_pi, reward=reward, n=len(log_pi)), cfg.demo_choice,
+                           cfg.demo_gamma, cfg.group_size)
+    return law
+
+
+def blend_fixed_point(inst, lam: float, beta: float, tol: float = 1e-10, max_rounds: int = FP_ROUNDS):
+    """(log π*, tol or the reason): the frozen-teacher on-policy fixed point of the λ-blend,
+    π* = blend_optimum(D = π*(·|r=1)) with π0's teacher and reference (pcmi.remedies.blend_optimum), by
+    plain rounds; (None, reason) when TV between rounds stays above tol."""
+    from pcmi.remedies import blend_optimum
+    lp = inst.log_base
+    for _ in range(max_rounds):
+        new = blend_optimum(inst.with_demos(pcmi.demos_from_successes(lp, inst.reward)), lam, beta=beta,
+                            log_ref=inst.log_base)
+        tv = pcmi.total_variation(new, lp)
+        lp = new
+        if tv <= tol:
+            return lp, tol
+    return None, f"the λ-blend rounds did not settle in {max_rounds} rounds (TV {tv:.3g})"
+
+
+def certified_fixed_point(inst, mode, demos=None) -> tuple[np.ndarray, float]:
     """(log π*, tol): the frozen-teacher on-policy fixed point certified at the first tolerance of
     FP_TOLS that the rounds reach within FP_ROUNDS (teacher top-k stalls near ‖G‖ ~ 1e-6 on a few
-    prompts); FixedPointError if none."""
-    from pcmi.flows import FixedPointError
+    prompts); FixedPointError if none. demos: a demonstration law of the current policy (`demo_law_of`)."""
+    from pcmi.flows import FixedPointError, on_policy_fixed_point
     for tol, rounds in zip(FP_TOLS, FP_ROUNDS_AT):
         try:
+            if demos is not None:
+                return on_policy_fixed_point(inst, mode, "frozen", tol=tol, max_rounds=rounds, demos=demos).log_pi, tol
             return sdsd_onpolicy_fixed_point(inst, rounds=rounds, tol=tol, mode=mode), tol
         except FixedPointError:
             if tol == FP_TOLS[-1]:
@@ -406,7 +466,7 @@ def run_setting(setting: Setting, grid: Grid, cfg, world, base, ctxs, seed: int,
             u["predicted"] = outcome(own[i], c)
             if key in c.fp_tol:
                 u["fp_tol"] = c.fp_tol[key]
-            if setting.frozen_sdsd:
+            if setting.frozen_sdsd and cfg_s.rl_weight == 0:
                 u["fp_from_trained"] = fixed_point_from(lp, c, cfg_s, own[i])
         elif key is not None:
             u["uncertified_prediction"] = c.fp_tol.get(key, "no prediction")
@@ -501,7 +561,11 @@ def run_grid(grid="small", out="runs/grid", *, ckpt_dir=None, device="cpu", thre
                     f"{np.mean([u['success'] for u in res['units']]):.3f}, median TV to own prediction {med:.3f}")
     finally:
         torch.set_num_threads(old_threads)
-    summary = summarize(g, load_results(out, names, g.seeds), load_seeds(out, g.seeds))
+    results = load_results(out, names, g.seeds)
+    summary = summarize(g, results, load_seeds(out, g.seeds))
+    if {"sdsd_full_a1", "rl"} <= set(results):  # issue 11's criterion for every remedy in the grid
+        summary["remedy_criterion"] = {n: remedy_criterion(results, n) for n in names
+                                       if n in REMEDY_SETTINGS and n in results}
     summary["wall_s_this_call"] = time.perf_counter() - t_grid
     _write_json(os.path.join(out, "grid.json"), summary, indent=1)
     return summary
@@ -676,4 +740,29 @@ def _dynamics(runs) -> dict:
         if both:
             out[name]["collapse_lag_steps"] = interval([b - a for a, b in both], "median")
     out["trained_collapse_step"] = [c if np.isfinite(c) else None for c in out["trained_collapse_step"]]
+    return out
+
+
+# ----------------------------------------------------------------------------- issue 11's criterion
+def remedy_criterion(results: dict, remedy: str, *, sdsd: str = "sdsd_full_a1", rl: str = "rl",
+                     entropy_share: float = 0.8, success_slack: float = 0.02) -> dict:
+    """Does a trained remedy keep strategy-mass entropy ≥ entropy_share × RL's and success ≥ SDSD's −
+    success_slack? `results`: `load_results` ({setting: [one result per seed]}). Per (seed, prompt) unit, paired across the three settings (same pretrained model,
+    same prompt): d_H = H_remedy − share·H_RL and d_s = s_remedy − s_SDSD + slack; each with its mean
+    and 95 % bootstrap interval over the units (`interval`). The remedy passes a side when the interval's
+    lower end is ≥ 0, fails it when the upper end is < 0, and is undecided otherwise."""
+    def by_unit(name, key):
+        return {(r["seed"], u["prompt"]): u[key] for r in results[name] for u in r["units"]}
+    out = {}
+    for side, key, ref, f in (("entropy", "strategy_entropy", rl, lambda x, y: x - entropy_share * y),
+                              ("success", "success", sdsd, lambda x, y: x - y + success_slack)):
+        mine, theirs = by_unit(remedy, key), by_unit(ref, key)
+        units = sorted(set(mine) & set(theirs))
+        d = np.array([f(mine[k], theirs[k]) for k in units])
+        val, lo, hi = interval(d, "mean")
+        out[side] = {"mean_difference": val, "interval": [lo, hi], "n_units": len(units),
+                     "verdict": "holds" if lo >= 0 else "fails" if hi < 0 else "undecided",
+                     "remedy": interval(np.array([mine[k] for k in units]), "mean"),
+                     "reference": interval(np.array([theirs[k] for k in units]), "mean")}
+    out["keeps_both"] = out["entropy"]["verdict"] == "holds" and out["success"]["verdict"] == "holds"
     return out
