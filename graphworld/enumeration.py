@@ -8,7 +8,7 @@ Leaf arrays: path, log π0, reward, route label, outcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np

@@ -147,39 +147,9 @@ def test_bad_size_is_one_line_error(kw, msg):
 
 # --- docs/figures/discovery.md quotes the data -------------------------------------------------
 
-NUMBER = re.compile(r"(?<![\w.=])([−-]?\d+\.\d+(?:e[−-]?\d+)?|\d+e[−-]\d+)(%?)")
+from docnumbers import quoted_missing  # noqa: E402
+
 ROW = re.compile(r"^\| (\w+) \| ([\d.]+) \| (\w+) \| (\d+) \| ([^|]+) \| (\d+) \| ([^|]+) \|$", re.M)
-
-
-def numbers_in(x, out):
-    if isinstance(x, dict):
-        for v in x.values():
-            numbers_in(v, out)
-    elif isinstance(x, list):
-        for v in x:
-            numbers_in(v, out)
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
-        out.append(float(x))
-    elif isinstance(x, str):
-        out += [float(m) for m in re.findall(r"-?\d+\.\d+|-?\d+", x)]
-    return out
-
-
-def quoted_missing(text: str, data: dict) -> list[str]:
-    """Decimal numbers quoted on the page that no data value rounds to (same decimals)."""
-    values = numbers_in(data, [])
-    out = []
-    for m in NUMBER.finditer(text):
-        t = m.group(1).replace("−", "-")
-        if "e" in t:
-            sig = len(t.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
-            ok = any(float(f"{abs(v):.{sig - 1}e}") == abs(float(t)) for v in values)
-        else:
-            dec = len(t.split(".")[1])
-            ok = any(round(abs(v), dec) == round(abs(float(t)), dec) for v in values)
-        if not ok:
-            out.append(m.group(0))
-    return out
 
 
 def _cell(a):

@@ -154,31 +154,7 @@ def test_unknown_remedy_is_one_line_error():
 
 # --- the numbers and winners quoted in docs/figures/frontier.md --------------------------------
 
-NUMBER = re.compile(r"(?<![\w.=])([−-]?\d+\.\d+(?:e[−-]?\d+)?|\d+e[−-]\d+)(%?)")
-
-
-def numbers_in(x, out):
-    if isinstance(x, dict):
-        for v in x.values():
-            numbers_in(v, out)
-    elif isinstance(x, list):
-        for v in x:
-            numbers_in(v, out)
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
-        out.append(float(x))
-    elif isinstance(x, str):  # e.g. the notes "KL(π‖π0) ranges over [0.488683, 1.10694] ..."
-        out += [float(m) for m in re.findall(r"-?\d+\.\d+|-?\d+", x)]
-    return out
-
-
-def quoted_matches(text: str, percent: bool, values) -> bool:
-    t = text.replace("−", "-")
-    q = float(t) / (100 if percent else 1)
-    if "e" in t:
-        sig = len(t.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
-        return any(float(f"{abs(v):.{sig - 1}e}") == abs(q) for v in values)
-    dec = len(t.split(".")[1]) + (2 if percent else 0)
-    return any(round(abs(v), dec) == round(abs(q), dec) for v in values)
+from docnumbers import NUMBER, numbers_in, quoted_matches  # noqa: E402
 
 
 def doc_winner_rows(text):

@@ -263,34 +263,7 @@ def test_overwrite_replaces_and_never_deletes(tmp_path):
 
 # --- the numbers quoted in docs/figures/*.md come from the figure data -----------------------
 
-NUMBER = re.compile(r"(?<![\w.=])([−-]?\d+\.\d+(?:e[−-]?\d+)?|\d+e[−-]\d+)(%?)")
-
-
-def _numbers_in(x, out):
-    """Every number in a JSON value (strings such as "RL β=3.25" included)."""
-    if isinstance(x, dict):
-        for v in x.values():
-            _numbers_in(v, out)
-    elif isinstance(x, list):
-        for v in x:
-            _numbers_in(v, out)
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
-        out.append(float(x))
-    elif isinstance(x, str):
-        out += [float(m) for m in re.findall(r"-?\d+\.\d+|-?\d+", x)]
-    return out
-
-
-def _quoted_matches(text: str, percent: bool, values) -> bool:
-    """Does some data value round to the quoted number (same decimals, or same significant
-    digits in e-notation; a percentage is a fraction)?"""
-    t = text.replace("−", "-")
-    q = float(t) / (100 if percent else 1)
-    if "e" in t:
-        sig = len(t.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
-        return any(float(f"{abs(v):.{sig - 1}e}") == abs(q) for v in values)
-    dec = len(t.split(".")[1]) + (2 if percent else 0)
-    return any(round(abs(v), dec) == round(abs(q), dec) for v in values)
+from docnumbers import NUMBER, numbers_in as _numbers_in, quoted_matches as _quoted_matches  # noqa: E402
 
 
 @pytest.mark.parametrize("name", FIGURES)
