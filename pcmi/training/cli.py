@@ -14,7 +14,8 @@ def add_train_arguments(t) -> None:
                         "are kept")
     t.add_argument("--grid", default=None, metavar="NAME",
                    help="train a documented grid of switch settings (pcmi.training.grid.GRIDS: small = the default "
-                        "grid, tiny = seconds, for tests) into --out; resumable; excludes --method, --config, --seed")
+                        "grid, remedies = the cures of issue 11, feedback = feedback-conditioned SDSD, tiny and "
+                        "feedback_tiny = seconds, for tests) into --out; resumable; excludes --method, --config, --seed")
     t.add_argument("--ckpt-dir", default=None, help="--grid only: where checkpoints go (default OUT/checkpoints)")
     t.add_argument("--out", default="runs/train")
     t.add_argument("--seed", type=int, default=0)

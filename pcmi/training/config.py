@@ -18,7 +18,7 @@ _INT_MIN = {"k_routes": 1, "depth": 1, "branching": 1, "n_sources": 1, "n_target
             "threads": 1}
 _FLOAT_RANGE = {  # name: (low, high, low_closed, high_closed)
     "pref_scale": (0.0, math.inf, True, False), "p_demo": (0.0, 1.0, True, True),
-    "p_wrong": (0.0, 1.0, True, False), "pretrain_lr": (0.0, math.inf, False, False),
+    "p_wrong": (0.0, 1.0, True, False), "p_feedback": (0.0, 1.0, True, True), "pretrain_lr": (0.0, math.inf, False, False),
     "post_lr": (0.0, math.inf, False, False), "grad_clip": (0.0, math.inf, False, False),
     "beta": (0.0, math.inf, False, False), "alpha": (0.0, 1.0, True, True),
     "ema_rate": (0.0, 1.0, True, True), "ckpt_minutes": (0.0, math.inf, False, False),
@@ -26,6 +26,8 @@ _FLOAT_RANGE = {  # name: (low, high, low_closed, high_closed)
 _WHY = {"group_size": " (SDSD needs a sibling as demonstration)"}
 #: which other success of the group is a rollout's demonstration (pcmi.demonstrations names the exact laws)
 DEMO_CHOICES = ("uniform", "inverse_prob", "least_likely")
+#: what the SDSD teacher sees in context: a correct sibling ("DEMO y' SEP") or a failed sibling's feedback ("FB w SEP")
+TEACHER_CONTEXTS = ("demo", "feedback")
 
 
 def _check_field(name: str, v) -> None:
@@ -47,6 +49,9 @@ def _check_field(name: str, v) -> None:
     elif name == "teacher":
         if v not in ("live", "ema", "frozen"):
             raise PcmiInputError(f"TrainConfig.teacher must be live, ema or frozen, got {v!r}")
+    elif name == "teacher_context":
+        if v not in TEACHER_CONTEXTS:
+            raise PcmiInputError(f"TrainConfig.teacher_context must be demo or feedback, got {v!r}")
     elif name == "demo_choice":
         if v not in DEMO_CHOICES:
             raise PcmiInputError(f"TrainConfig.demo_choice must be one of {', '.join(DEMO_CHOICES)}, got {v!r}")
@@ -84,6 +89,7 @@ class TrainConfig:
     # pretraining data law: route z ~ w(x), path ~ P_z, demo ~ P_z with probability p_demo
     p_demo: float = 0.5           # probability that a pretraining sequence carries a demonstration
     p_wrong: float = 0.3          # weight of the "wrong target" strategy (base success ≈ 1 − p_wrong)
+    p_feedback: float = 0.0       # probability that a pretraining sequence carries a feedback context "FB t' SEP" (adds FB)
     # model (nanoGPT-style decoder)
     n_layer: int = 2              # transformer blocks
     n_head: int = 2               # attention heads
@@ -109,6 +115,7 @@ class TrainConfig:
     distillation_topk: int = 100  # k of loss_mode "topk" (TRL's name; k ≥ vocabulary is the full loss)
     topk_of: str = "student"      # whose top-k tokens: "student" (TRL, SDPO) or "teacher"
     distillation_add_tail: bool = True  # topk: add the tail bucket 1 − Σ_topk p to both (TRL's name; SDPO's default)
+    teacher_context: str = "demo"  # SDSD teacher's context: "demo" (a correct sibling) | "feedback" (a failed sibling's WrongEndpoint)
     # remedies for the collapse (docs/remedies.md): the demonstration law and the λ-blend with RL
     demo_choice: str = "uniform"  # uniform | inverse_prob (P ∝ π(y')^−γ among the other successes) | least_likely
     demo_gamma: float = 1.0       # γ of inverse_prob (0: uniform; 1: the group's successes equally likely in D)
@@ -125,6 +132,8 @@ class TrainConfig:
             _check_field(f.name, getattr(self, f.name))
         if self.n_embd % self.n_head:
             raise PcmiInputError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.teacher_context == "feedback" and self.p_feedback == 0:
+            raise PcmiInputError("TrainConfig.teacher_context feedback needs p_feedback > 0 (a pretrained model that read feedback)")
         self.loss()  # the mode and α must fit together (sampled and sequence need α = 1)
 
     def loss(self):

@@ -14,6 +14,16 @@ accurate than the student, as in self-distillation on reasoning tasks.
 
 The in-context law of y given y' is the posterior predictive Σ_z q(z | y') P_z(y) with
 q(z | y') ∝ w_z P_z(y'): pcmi.LatentStrategyTeacher(w, P, eps=0). Loss on completion tokens only.
+
+Feedback (p_feedback > 0, vocabulary with FB): with probability p_feedback a sequence is instead
+
+    FB w SEP BOS s t y STOP,   w ~ uniform over the wrong targets t' ≠ t,  y ~ π_data(· | z ≠ wrong),
+
+the verifier's feedback WrongEndpoint(w) on a failed attempt followed by a completion drawn from the
+data law conditioned on compatibility with it (the route strategies only, the misconception excluded):
+the ideal filtering teacher with eps = 0 of theory.md §11, which keeps π_data's ratios among correct
+paths (P10). The extra uniform is drawn only when p_feedback > 0, so p_feedback = 0 reproduces the
+random stream (and every batch) of the data law without feedback.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pcmi.errors import PcmiInputError
 from graphworld import EdgePolicy, Task, Vocab, enumerate_rollouts, multi_route_dag
 
 
@@ -34,6 +45,11 @@ class PromptLaw:
     route: np.ndarray
     wrong_paths: list            # paths s → t' ≠ t (the misconception strategy)
     wrong_log_prob: np.ndarray   # their law P_wrong (uniform over t', edge law within)
+
+    @property
+    def wrong_targets(self) -> tuple:
+        """The targets t' ≠ t that the misconception's paths end at (the possible WrongEndpoint feedback)."""
+        return tuple(sorted({p[-1] for p in self.wrong_paths}, key=str))
 
     def sample_wrong(self, rng: np.random.Generator) -> tuple:
         p = np.exp(self.wrong_log_prob)
@@ -86,17 +102,24 @@ def make_world(cfg) -> World:
             wrong_lp += (rw.log_prob - np.log(len(others))).tolist()
         laws.append(PromptLaw(task, [rs.paths[i] for i in np.flatnonzero(ok)], rs.log_prob[ok], rs.route[ok],
                               wrong, np.array(wrong_lp)))
-    return World(g, Vocab.of(g), laws, L, cfg.p_wrong if cfg.n_targets > 1 else 0.0)
+    return World(g, Vocab.of(g, feedback=getattr(cfg, "p_feedback", 0.0) > 0), laws, L, cfg.p_wrong if cfg.n_targets > 1 else 0.0)
 
 
-def pretraining_batch(world: World, batch: int, p_demo: float, p_wrong: float, rng: np.random.Generator):
+def pretraining_batch(world: World, batch: int, p_demo: float, p_wrong: float, rng: np.random.Generator,
+                      p_feedback: float = 0.0):
     """(inputs (B, T), targets (B, T), loss mask (B, T)): next-token pairs, right-padded with STOP,
     loss only where the target is a completion token."""
+    if p_feedback > 0 and "FB" not in world.vocab.specials:
+        raise PcmiInputError("pretraining with p_feedback > 0 needs a world built with p_feedback > 0 (token FB)")
     rows, starts = [], []
     for _ in range(batch):
         law = world.laws[int(rng.integers(len(world.laws)))]
-        demo = None
-        if law.wrong_paths and rng.random() < p_wrong:     # z = wrong: y and y' both from P_wrong
+        demo, fb = None, None
+        if p_feedback > 0 and law.wrong_paths and rng.random() < p_feedback:   # "FB t' SEP", y compatible
+            wt = law.wrong_targets
+            fb = wt[int(rng.integers(len(wt)))]
+            path = law.paths[law.sample(rng)]
+        elif law.wrong_paths and rng.random() < p_wrong:     # z = wrong: y and y' both from P_wrong
             path = law.sample_wrong(rng)
             if rng.random() < p_demo:
                 demo = law.sample_wrong(rng)
@@ -105,7 +128,7 @@ def pretraining_batch(world: World, batch: int, p_demo: float, p_wrong: float, r
             path = law.paths[i]
             if rng.random() < p_demo:
                 demo = law.paths[law.sample(rng, route=int(law.route[i]))]
-        ctx = world.vocab.encode_prompt(law.task.source, law.task.target, demo)
+        ctx = world.vocab.encode_prompt(law.task.source, law.task.target, demo, feedback=fb)
         rows.append(ctx + world.vocab.encode_completion(path))
         starts.append(len(ctx))
     T = max(map(len, rows))

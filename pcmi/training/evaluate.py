@@ -19,16 +19,22 @@ from .rollouts import prompt_ids
 
 class ModelPolicy:
     """graphworld policy adapter: next_logprobs(task, paths) from the network with a fixed context
-    ("[DEMO y' SEP] BOS s t"); tokens = graph nodes, STOP, and FAIL pooling BOS/SEP/DEMO."""
+    ("[DEMO y' SEP] BOS s t" or "FB w SEP BOS s t"); tokens = graph nodes, STOP, and FAIL pooling the
+    other specials (BOS/SEP/DEMO, and FB where the vocabulary has it)."""
     has_stop = True
 
-    def __init__(self, model, world, prompt: int, demo=None, device="cpu"):
+    def __init__(self, model, world, prompt: int, demo=None, device="cpu", feedback=None):
         self.model, self.world = model, world
-        self.ctx = prompt_ids(world, [prompt], None if demo is None else [demo], device=device)[0]
+        if feedback is None:
+            self.ctx = prompt_ids(world, [prompt], None if demo is None else [demo], device=device)[0]
+        else:
+            task = world.laws[prompt].task
+            self.ctx = torch.tensor(world.vocab.encode_prompt(task.source, task.target, demo, feedback=feedback),
+                                    dtype=torch.long, device=device)
         v = world.vocab
         self.keys = list(v.nodes) + [STOP]
         self.key_ids = list(range(v.n_nodes)) + [v.special("STOP")]
-        self.fail_ids = [v.special(n) for n in ("BOS", "SEP", "DEMO")]
+        self.fail_ids = [v.special(n) for n in v.specials if n != "STOP"]
 
     @torch.no_grad()
     def next_logprobs(self, task, paths) -> list[dict]:
@@ -45,10 +51,10 @@ class ModelPolicy:
         return out
 
 
-def enumerate_model(model, world, prompt: int, demo=None, device="cpu"):
-    """Y(x) with exact log π_θ(y | x [, y'])."""
+def enumerate_model(model, world, prompt: int, demo=None, device="cpu", feedback=None):
+    """Y(x) with exact log π_θ(y | x [, y' | FB w])."""
     model.eval()
-    return enumerate_rollouts(world.laws[prompt].task, ModelPolicy(model, world, prompt, demo, device))
+    return enumerate_rollouts(world.laws[prompt].task, ModelPolicy(model, world, prompt, demo, device, feedback))
 
 
 def _same_tree(a, b) -> None:
@@ -65,6 +71,52 @@ def model_teacher(model, world, prompt: int, base, device="cpu") -> KernelTeache
         _same_tree(base, rs)
         rows[j] = rs.log_prob
     return KernelTeacher(rows)
+
+
+def feedback_teacher(model, world, prompt: int, base, w, device="cpu") -> np.ndarray:
+    """log T_θ(y | FB w) over the base enumeration's Y(x): the network with the feedback WrongEndpoint(w)
+    in context ("FB w SEP BOS s t")."""
+    rs = enumerate_model(model, world, prompt, device=device, feedback=w)
+    _same_tree(base, rs)
+    return rs.log_prob
+
+
+def feedback_fixed_point(log_T_fb, base) -> np.ndarray:
+    """The frozen-teacher full α = 1 prediction of feedback SDSD with one feedback class: D is a point mass
+    on that feedback, every teacher row is T(·|FB w), and the token-level optimum
+    π(a | h) ∝ exp(E_D log T(a | h, ·)) = T(a | h, FB w) is T(·|FB w) itself, whatever the current policy
+    (so it is also the on-policy fixed point). Computed with pcmi.sdsd_token_optimum on that Instance."""
+    rows = np.tile(np.asarray(log_T_fb, float), (len(base.log_prob), 1))
+    inst = pcmi.Instance(base.log_prob, base.reward, KernelTeacher(rows),
+                         pcmi.demos_from_successes(base.log_prob, base.reward), tree=base.tree)
+    return pcmi.sdsd_token_optimum(inst)
+
+
+def ideal_feedback_prediction(model, world, prompt: int, base, device="cpu") -> np.ndarray:
+    """log of π0(y | y does not stop at any wrong target t') on the pooled enumeration: π0(y)/Z, with the mass
+    of every walk s → … → t' STOP (scored by the network) taken out of the pooled failure leaf it falls in
+    (the leaf of its prefix before t', as in `data_law_on`). Among correct rollouts π0's ratios are kept
+    (P10): the ideal filtering teacher of theory.md §11 with eps = 0, for the WrongEndpoint(t') feedback."""
+    from .rollouts import completion_logits
+    law, g = world.laws[prompt], base.task.graph
+    where = {p: i for i, p in enumerate(base.paths)}
+    p0 = np.exp(np.asarray(base.log_prob, float))
+    if law.wrong_paths:
+        ctx = prompt_ids(world, [prompt] * len(law.wrong_paths), device=device)
+        toks = torch.tensor([world.vocab.encode_completion(p) for p in law.wrong_paths], dtype=torch.long,
+                            device=device)
+        with torch.no_grad():
+            model.eval()
+            lsm = torch.log_softmax(completion_logits(model, ctx, toks).double(), dim=-1)
+            lp = lsm.gather(-1, toks[..., None]).squeeze(-1).sum(-1).cpu().numpy()
+        for p, l in zip(law.wrong_paths, lp):
+            j = where[tuple(p[:-1]) + (fail_token(route_of(g, p), route_of(g, p[:-1])),)]
+            p0[j] -= np.exp(l)
+    if (p0 < -1e-9).any():
+        raise RuntimeError("a walk to a wrong target carries more mass than its pooled failure leaf")
+    p0 = np.clip(p0, 0.0, None)
+    with np.errstate(divide="ignore"):
+        return np.log(p0) - np.log(p0.sum())
 
 
 def data_law_on(world, prompt: int, rollouts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -34,6 +34,14 @@ started at π̂_c — run to their certified fixed point (`segment_fixed_point`,
 pcmi.flows) or one plain round per segment (`segment_one_round`) — and compared with the trained
 trajectory at the same checkpoints.
 
+Feedback-conditioned SDSD (setting `sdsd_feedback`, grid `feedback`, issue 12): the teacher context is a
+failed sibling's feedback "FB t' SEP" (pretraining with p_feedback > 0). With a frozen teacher and one
+feedback class per prompt (one wrong target t'), D is a point mass on that feedback and the own prediction is
+the token-level optimum with the one row T_θ(·|FB t') (`evaluate.feedback_fixed_point`: T_θ(·|FB t') itself).
+Beside it the ideal feedback teacher's prediction π0(· | not stopping at t') (`evaluate.ideal_feedback_prediction`,
+P10: π0's ratios among correct rollouts kept); every unit of a feedback grid also keeps the ratio distortion
+(pcmi.metrics.ratio_distortion) of the trained policy against π0 among correct rollouts.
+
 Results are resumable: `OUT/runs/{setting}/seed{s}.json` is written when a setting finishes and a
 rerun skips it; a killed setting resumes from its stage checkpoint.
 """
@@ -54,12 +62,13 @@ import pcmi
 from graphworld import concept_edges, dominant_route
 from pcmi.atomic import atomic_write_json
 from pcmi.errors import PcmiInputError
-from pcmi.metrics import ood_success, strategy_mass_entropy, success
+from pcmi.metrics import ood_success, ratio_distortion, strategy_mass_entropy, success
 from pcmi.teachers import KernelTeacher
 
 from .config import get_config
 from .data import make_world
-from .evaluate import data_law_on, enumerate_model, model_teacher, sdsd_onpolicy_fixed_point, teacher_fit
+from .evaluate import (data_law_on, enumerate_model, feedback_fixed_point, feedback_teacher, ideal_feedback_prediction,
+                       model_teacher, sdsd_onpolicy_fixed_point, teacher_fit)
 from .intervals import interval, spearman_interval
 from .train import new_model, run_stage
 
@@ -89,8 +98,18 @@ class Setting:
         return dict(self.overrides).get("teacher", "frozen")
 
     @property
+    def feedback(self) -> bool:
+        """The teacher reads a failed sibling's feedback ("FB w SEP"), not a demonstration."""
+        return dict(self.overrides).get("teacher_context", "demo") == "feedback"
+
+    @property
     def frozen_sdsd(self) -> bool:
         return self.method == "sdsd" and self.teacher == "frozen"
+
+
+#: p_feedback of the feedback grids' data law (a feedback setting carries it so that its overrides validate on
+#: any config; `run_setting` keeps the grid's own p_feedback, which must be > 0: the pretrained model read feedback)
+FEEDBACK_P = 0.3
 
 
 def _sd(name, doc, **kw):
@@ -122,6 +141,10 @@ SETTINGS = [
         "teacher", loss_mode="sequence", rl_weight=0.95),
     _sd("blend_0.98", "λ-blend λ = 0.98: 0.98·RL loss (β = 0.1) + 0.02·SDSD reward-to-go (sequence) loss, frozen "
         "teacher", loss_mode="sequence", rl_weight=0.98),
+    # feedback-conditioned SDSD (issue 12): needs a pretrained model that read feedback (p_feedback > 0)
+    _sd("sdsd_feedback", "full vocabulary, reverse KL (α = 1), frozen teacher with a failed sibling's feedback "
+        "WrongEndpoint(w) in context (\"FB w SEP\")", loss_mode="full", alpha=1.0, teacher_context="feedback",
+        p_feedback=FEEDBACK_P),
     Setting("rl", "rl", (), "GRPO-style RL, KL leash β = 0.1 in the reward (Dr. GRPO advantages)"),
     Setting("negative", "negative", (), "null baseline: fixed advantage −1 on failures, 0 on successes"),
     Setting("grpo_matched", "rl", (), "RL with β chosen so that the exact RL optimum's KL to π0 matches "
@@ -146,12 +169,16 @@ class Grid:
         return get_config(self.config).replace(**dict(self.overrides))
 
 
-REMEDY_SETTINGS = ("sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "sdsd_least_likely", "blend_0.95", "blend_0.98")
+#: settings outside the default grid; feedback SDSD is a remedy candidate too (P10: a filtering teacher keeps π0's
+#: ratios like RL), so issue 11's criterion is reported for it in the feedback grid
+REMEDY_SETTINGS = ("sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "sdsd_least_likely", "blend_0.95", "blend_0.98",
+                   "sdsd_feedback")
 #: the remedies trained in the grid "remedies" (least_likely is left out: no prediction to compare with, and its
 #: uncertified rounds cost minutes per prompt)
 TRAINED_REMEDIES = ("sdsd_inverse_prob", "sdsd_inverse_prob_0.75", "blend_0.95", "blend_0.98")
 GRIDS = {
-    "small": Grid("small", "small", (0, 1, 2, 3, 4), tuple(s.name for s in SETTINGS if s.name not in REMEDY_SETTINGS),
+    "small": Grid("small", "small", (0, 1, 2, 3, 4), tuple(s.name for s in SETTINGS
+                                                        if s.name not in REMEDY_SETTINGS),
                   probe_every=10,
                   doc="the default: config small (8 prompts, 150 post-training steps), seeds 0–4, every setting"),
     "remedies": Grid("remedies", "small", (0, 1, 2, 3, 4), ("sdsd_full_a1", "rl", *TRAINED_REMEDIES), probe_every=10,
@@ -159,6 +186,14 @@ GRIDS = {
     "tiny": Grid("tiny", "tiny", (0, 1), ("sdsd_full_a1", "sdsd_ema", "rl", "negative", "grpo_matched"),
                  probe_every=5, overrides=(("pretrain_steps", 100), ("post_steps", 10), ("group_size", 4)),
                  doc="for tests: config tiny at 100 + 10 steps, seeds 0–1, five settings (seconds; numbers mean nothing)"),
+    "feedback": Grid("feedback", "small", (0, 1, 2, 3, 4), ("sdsd_full_a1", "rl", "sdsd_feedback"), probe_every=10,
+                     overrides=(("p_feedback", FEEDBACK_P),),
+                     doc="issue 12: demonstration SDSD, RL and feedback-conditioned SDSD on config small pretrained with "
+                         "p_feedback = 0.3 (another data law and vocabulary than the other grids), seeds 0–4"),
+    "feedback_tiny": Grid("feedback_tiny", "tiny", (0,), ("sdsd_full_a1", "rl", "sdsd_feedback"), probe_every=5,
+                          overrides=(("p_feedback", FEEDBACK_P), ("pretrain_steps", 100), ("post_steps", 10),
+                                     ("group_size", 4)),
+                          doc="for tests: the feedback grid on config tiny at 100 + 10 steps, seed 0 (seconds)"),
 }
 
 
@@ -263,9 +298,13 @@ class PromptContext:
     log_wts: np.ndarray        # their normalized data weights
     predictions: dict = field(default_factory=dict)   # name -> log π
     fp_tol: dict = field(default_factory=dict)        # fixed-point key -> the tolerance it was certified at
+    fb_teacher: dict = field(default_factory=dict)    # feedback grids: wrong target w -> log T_θ0(·|FB w)
+    ideal_fb: np.ndarray | None = None                # feedback grids: log π0(· | not stopping at t')
 
 
-def prompt_context(base, world, i, dev) -> PromptContext:
+def prompt_context(base, world, i, dev, feedback: bool = False) -> PromptContext:
+    """π0, T0 and the data's demonstrations of prompt i; with feedback also T_θ0(·|FB w) for each wrong
+    target w and the ideal feedback teacher's prediction (only the grids that train a feedback setting)."""
     rs = enumerate_model(base, world, i, device=dev)
     T0 = model_teacher(base, world, i, rs, device=dev)
     inst = pcmi.Instance(rs.log_prob, rs.reward, T0, pcmi.demos_from_successes(rs.log_prob, rs.reward),
@@ -274,13 +313,20 @@ def prompt_context(base, world, i, dev) -> PromptContext:
     log_data = data_law_on(world, i, rs)[0]
     demos = np.flatnonzero(np.isfinite(log_data) & (rs.reward == 1))
     w = log_data[demos]
-    return PromptContext(rs, T0, inst, blocked, demos, w - np.logaddexp.reduce(w))
+    ctx = PromptContext(rs, T0, inst, blocked, demos, w - np.logaddexp.reduce(w))
+    if feedback:
+        ctx.fb_teacher = {t: feedback_teacher(base, world, i, rs, t, device=dev) for t in world.laws[i].wrong_targets}
+        ctx.ideal_fb = ideal_feedback_prediction(base, world, i, rs, device=dev)
+    return ctx
 
 
 def prediction_key(setting: Setting, cfg) -> str:
     """Which prediction is the setting's own: fp:<mode label> (SDSD), rl:<β> (RL), None (null baseline);
     remedies: blend:<λ>:<β> (the λ-blend's frozen-teacher on-policy fixed point), fp:<mode>|<demo law>:<γ>
-    (the mode's fixed point with the demonstration law of the current policy)."""
+    (the mode's fixed point with the demonstration law of the current policy); feedback SDSD: feedback:<mode>
+    (the token-level optimum with the one feedback teacher row T_θ0(·|FB t'))."""
+    if setting.method == "sdsd" and cfg.teacher_context == "feedback":
+        return "feedback:" + cfg.loss().label
     if setting.method == "sdsd" and cfg.rl_weight > 0:
         return f"blend:{cfg.rl_weight!r}:{cfg.beta!r}"
     if setting.method == "sdsd" and cfg.demo_choice != "uniform":
@@ -304,6 +350,12 @@ def predict(ctx: PromptContext, key: str, cfg) -> np.ndarray | None:
                 ctx.predictions[key], ctx.fp_tol[key] = certified_fixed_point(ctx.inst, cfg.loss(), demo_law_of(cfg))
             except FixedPointError as exc:
                 ctx.predictions[key], ctx.fp_tol[key] = None, str(exc)
+        elif key.startswith("feedback:"):
+            if len(ctx.fb_teacher) != 1:   # several feedback classes: D over them depends on the policy's failures
+                ctx.predictions[key], ctx.fp_tol[key] = None, (f"{len(ctx.fb_teacher)} feedback classes (wrong "
+                                                               "targets): no point-mass prediction")
+            else:
+                ctx.predictions[key] = feedback_fixed_point(next(iter(ctx.fb_teacher.values())), ctx.rs)
         elif key.startswith("rl:"):
             ctx.predictions[key] = pcmi.rl_optimum(ctx.rs.log_prob, ctx.rs.reward, cfg.beta)
         elif key == "one_round":
@@ -431,7 +483,8 @@ def dynamics_vs_training(probes, ctxs) -> list[dict]:
 
 
 def _slim_history(history) -> dict:
-    keys = [k for k in ("success", "loss", "groups_two_successes", "kl_ref", "skipped_prompts") if k in history[0]]
+    keys = [k for k in ("success", "loss", "groups_two_successes", "kl_ref", "skipped_prompts", "skipped_no_feedback")
+            if k in history[0]]
     return {"step": [r["step"] for r in history], **{k: [round(float(r[k]), 6) for r in history] for k in keys}}
 
 
@@ -441,6 +494,8 @@ def run_setting(setting: Setting, grid: Grid, cfg, world, base, ctxs, seed: int,
     over = dict(setting.overrides)
     if setting.beta_matched:
         over["beta"] = beta_info["beta"]
+    if setting.feedback:   # the data law (and so p_feedback) is the grid's
+        over["p_feedback"] = cfg.p_feedback
     cfg_s = cfg.replace(**over)
     key = prediction_key(setting, cfg_s)
     own = [predict(c, key, cfg_s) if key else None for c in ctxs]
@@ -466,10 +521,17 @@ def run_setting(setting: Setting, grid: Grid, cfg, world, base, ctxs, seed: int,
             u["predicted"] = outcome(own[i], c)
             if key in c.fp_tol:
                 u["fp_tol"] = c.fp_tol[key]
-            if setting.frozen_sdsd and cfg_s.rl_weight == 0:
+            if c.ideal_fb is not None:
+                u["predicted_ratio_distortion"] = ratio_distortion(own[i], c.rs.log_prob, c.rs.reward)
+            if setting.frozen_sdsd and not setting.feedback and cfg_s.rl_weight == 0:
                 u["fp_from_trained"] = fixed_point_from(lp, c, cfg_s, own[i])
         elif key is not None:
             u["uncertified_prediction"] = c.fp_tol.get(key, "no prediction")
+        if c.ideal_fb is not None:   # feedback grids: P10's quantities beside every setting
+            u["ratio_distortion"] = ratio_distortion(lp, c.rs.log_prob, c.rs.reward)
+            u["tv_ideal_feedback"] = pcmi.total_variation(lp, c.ideal_fb)
+            u["ideal_feedback"] = {**outcome(c.ideal_fb, c),
+                                   "ratio_distortion": ratio_distortion(c.ideal_fb, c.rs.log_prob, c.rs.reward)}
         units.append(u)
     t_enum = time.perf_counter()
     enumerate_model(model, world, 0, device=dev)
@@ -516,6 +578,10 @@ def run_grid(grid="small", out="runs/grid", *, ckpt_dir=None, device="cpu", thre
     for n in names:
         if n not in BY_NAME:
             raise PcmiInputError(f"unknown setting {n!r}; expected one of {', '.join(BY_NAME)}")
+    fb_names = [n for n in names if BY_NAME[n].feedback]
+    if fb_names and cfg.p_feedback == 0:
+        raise PcmiInputError(f"{', '.join(fb_names)} needs a grid pretrained with p_feedback > 0 (grid feedback), "
+                             f"not grid {g.name}")
     if "grpo_matched" in names and MATCH_REFERENCE not in names:
         raise PcmiInputError(f"grpo_matched needs {MATCH_REFERENCE} in the same grid (its KL is the target)")
     names.sort(key=lambda n: n == "grpo_matched")  # after its reference
@@ -538,7 +604,8 @@ def run_grid(grid="small", out="runs/grid", *, ckpt_dir=None, device="cpu", thre
             pre = run_stage("pretrain", cfg, world, base, os.path.join(sdir, "pretrain.pt"), seed, dev,
                             progress=False, log=log)
             base.eval()
-            ctxs = [prompt_context(base, world, i, dev) for i in range(len(world.laws))]
+            fb = any(BY_NAME[n].feedback for n in names)
+            ctxs = [prompt_context(base, world, i, dev, feedback=fb) for i in range(len(world.laws))]
             _write_seed(out, seed, cfg, world, ctxs, pre)
             for n in names:
                 path = _result_path(out, n, seed)
@@ -607,7 +674,8 @@ def load_seeds(out, seeds) -> list[dict]:
     return res
 
 
-UNIT_METRICS = ("tv_own", "tv_one_round", "tv_rl", "kl_to_base", "success", "strategy_entropy", "ood_success")
+UNIT_METRICS = ("tv_own", "tv_one_round", "tv_rl", "kl_to_base", "success", "strategy_entropy", "ood_success",
+                "ratio_distortion", "tv_ideal_feedback", "predicted_ratio_distortion")   # the last three: feedback grids
 OUTCOMES = ("success", "strategy_entropy", "ood_success")
 
 
@@ -635,7 +703,12 @@ def summarize(grid: Grid, results: dict, seeds: list | None = None) -> dict:
                                   "mean": interval([u["predicted"][k] for u in pu], "mean")} for k in OUTCOMES}
             s["spearman"] = {k: spearman_interval([u["predicted"][k] for u in pu], [u[k] for u in pu])
                              for k in OUTCOMES}
-        if BY_NAME[name].frozen_sdsd and pu:
+        ideal = [u["ideal_feedback"] for u in units if "ideal_feedback" in u]
+        if ideal:
+            s["ideal_feedback"] = {k: {"median": interval([q[k] for q in ideal], "median"),
+                                       "mean": interval([q[k] for q in ideal], "mean")}
+                                   for k in (*OUTCOMES, "ratio_distortion")}
+        if BY_NAME[name].frozen_sdsd and not BY_NAME[name].feedback and pu:
             med = s["tv_own"]["median"]
             s["accept"] = {"median_tv_own": med, "holds": bool(med[0] <= ACCEPT_TV), "n_units": len(pu),
                            "n_units_above": int(np.sum(np.array([u["tv_own"] for u in pu]) > ACCEPT_TV))}

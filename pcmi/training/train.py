@@ -16,6 +16,11 @@ SDSD (self-distillation, SDPO switches: full-logit divergence, live | ema | froz
     for rollout i of prompt x: y' ~ uniform over the group's other successes (none → masked);
     loss_i = mean_t D_α(π(·|h_t), T(·|h_t, y'))   on the student's own tokens, teacher detached;
     loss = mean_i loss_i (rows without demonstration count as 0: TRL's reduction).
+
+Feedback-conditioned SDSD (teacher_context = "feedback", SDPO with the environment's feedback, theory.md §11):
+    for rollout i of prompt x: w ~ uniform over the endpoints of the group's failures that stopped at a
+    node ≠ t (WrongEndpoint(w); a group without one gives no signal: masked, `skipped_no_feedback`);
+    the teacher context is "FB w SEP BOS s t", the loss the same per-token loss, teacher detached.
 """
 from __future__ import annotations
 
@@ -199,7 +204,8 @@ def _progress(stage, total, initial, enabled):
 def pretrain_step(model, opt, world, cfg, rng, device):
     """Next-token cross-entropy on completion tokens of a batch from the data law."""
     from .data import pretraining_batch
-    x, y, mask = pretraining_batch(world, cfg.pretrain_batch, cfg.p_demo, cfg.p_wrong, rng)
+    x, y, mask = pretraining_batch(world, cfg.pretrain_batch, cfg.p_demo, cfg.p_wrong, rng,
+                                cfg.p_feedback)
     x, y, mask = x.to(device), y.to(device), mask.to(device)
     logits = model(x)                                                       # (B, T, V)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
@@ -339,15 +345,60 @@ def teacher_contexts(world, ro, demo_idx):
     return prompt_ids(world, ro.prompt.tolist(), demos, device=ro.tokens.device)
 
 
-def sdsd_loss(model, teacher, world, ro, demo_idx, mode):
+def stopped_elsewhere(world, ro) -> np.ndarray:
+    """(N,) True where rollout i is a failure that stopped (its last own token STOP) at a node ≠ the target:
+    the rollouts whose feedback is WrongEndpoint(their endpoint)."""
+    stop = world.ids("STOP")
+    last = ro.mask.long().sum(dim=1) - 1                                   # index of the terminal token
+    ends_stop = ro.tokens.gather(1, last[:, None]).squeeze(1) == stop
+    return (ends_stop & (ro.reward == 0)).cpu().numpy()
+
+
+def choose_feedback(world, ro, group_size: int, rng):
+    """For each rollout, a failure of its group that stopped at a node ≠ t (uniformly among them; it may
+    be the rollout itself) whose endpoint w is the teacher's feedback WrongEndpoint(w), or −1.
+    Returns (feedback rollout index (N,), n_skipped_no_feedback = groups without such a failure)."""
+    bad = stopped_elsewhere(world, ro).reshape(-1, group_size)
+    fb = np.full(bad.size, -1)
+    skipped = 0
+    for p in range(bad.shape[0]):
+        cands = np.flatnonzero(bad[p])
+        if not len(cands):
+            skipped += 1
+            continue
+        for g in range(group_size):
+            fb[p * group_size + g] = p * group_size + int(rng.choice(cands))
+    return fb, skipped
+
+
+def feedback_endpoint(world, ro, j: int):
+    """The node rollout j stopped at (the w of its WrongEndpoint(w) feedback)."""
+    return completion_path(world, ro.prompt[j], ro.tokens[j], ro.mask[j])[-1]
+
+
+def feedback_contexts(world, ro, fb_idx):
+    """"FB w_i SEP BOS s t" for each rollout i, w_i = the endpoint of rollout fb_idx[i]; rows without
+    feedback (−1) get a placeholder w = s (they are masked out of the loss)."""
+    v = world.vocab
+    rows = []
+    for i, j in enumerate(fb_idx):
+        task = world.laws[int(ro.prompt[i])].task
+        w = feedback_endpoint(world, ro, int(j)) if j >= 0 else task.source
+        rows.append(v.encode_prompt(task.source, task.target, feedback=w))
+    return torch.tensor(rows, dtype=torch.long, device=ro.tokens.device)
+
+
+def sdsd_loss(model, teacher, world, ro, demo_idx, mode, teacher_ctx=None):
     """mean_i w_i · mean_t ℓ_t over rollout i's tokens, w_i = 1 iff i has a demonstration, ℓ_t the
     per-token loss of `mode` (a `pcmi.objectives.LossMode`, or a number α for full-vocabulary D_α):
     `per_token_loss`, or for mode sequence the reward-to-go surrogate. The teacher runs without
-    gradient (stop-gradient, also when it is the model)."""
+    gradient (stop-gradient, also when it is the model). teacher_ctx: the teacher's contexts (default
+    `teacher_contexts`, the demonstrations demo_idx; feedback SDSD passes `feedback_contexts`)."""
     mode = LossMode("full", mode) if isinstance(mode, (int, float)) and not isinstance(mode, bool) else loss_mode(mode)
     has_demo = torch.as_tensor(np.asarray(demo_idx) >= 0, device=ro.tokens.device)
     student_ctx = prompt_ids(world, ro.prompt.tolist(), device=ro.tokens.device)
-    teacher_ctx = teacher_contexts(world, ro, demo_idx)
+    if teacher_ctx is None:
+        teacher_ctx = teacher_contexts(world, ro, demo_idx)
     with torch.no_grad():
         t_logits = completion_logits(teacher, teacher_ctx, ro.tokens)      # (N, L+1, V)
     s_logits = completion_logits(model, student_ctx, ro.tokens)            # (N, L+1, V)
@@ -366,6 +417,8 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=None):
     model.eval()
     ro = sample_rollouts(model, world, _prompts(world, cfg, rng), cfg.group_size, gen, valid)
     model.train()
+    if cfg.teacher_context == "feedback":
+        return _feedback_sdsd_step(model, teacher, opt, world, cfg, rng, ro, ref_model)
     logp = None
     if cfg.demo_choice != "uniform":
         with torch.no_grad():
@@ -385,6 +438,27 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=None):
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
             "masked_only_success": n_only, "skipped_prompts": n_skipped,
             "demo_fraction": st["demo_fraction"],
+            "groups_two_successes": groups_with_two_successes(ro, cfg.group_size), **extra}, tokens
+
+
+def _feedback_sdsd_step(model, teacher, opt, world, cfg, rng, ro, ref_model):
+    """The feedback-conditioned SDSD step on the sampled rollouts `ro` (teacher context "FB w SEP BOS s t")."""
+    fb_idx, n_skipped = choose_feedback(world, ro, cfg.group_size, rng)
+    loss, st = sdsd_loss(model, teacher, world, ro, fb_idx, cfg.loss(), feedback_contexts(world, ro, fb_idx))
+    extra = {}
+    if cfg.rl_weight > 0:
+        if ref_model is None:
+            raise PcmiInputError("TrainConfig.rl_weight > 0 (the λ-blend) needs the reference model π0")
+        rl, st_rl = rl_loss(model, ref_model, world, ro, cfg)
+        loss = cfg.rl_weight * rl + (1 - cfg.rl_weight) * loss
+        extra = {"kl_ref": st_rl["kl_ref"]}
+    gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
+    tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
+    off = sum(feedback_endpoint(world, ro, int(j)) not in world.laws[int(ro.prompt[i])].wrong_targets
+              for i, j in enumerate(fb_idx) if j >= 0)
+    return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
+            "skipped_no_feedback": n_skipped, "feedback_fraction": st["demo_fraction"],
+            "feedback_not_wrong_target": int(off),
             "groups_two_successes": groups_with_two_successes(ro, cfg.group_size), **extra}, tokens
 
 
