@@ -411,6 +411,17 @@ def sdsd_loss(model, teacher, world, ro, demo_idx, mode, teacher_ctx=None):
                   "ctx_len": student_ctx.shape[1] + teacher_ctx.shape[1]}
 
 
+def blended_with_rl(sdsd, model, ref_model, world, ro, cfg):
+    """(loss, extra log fields): the SDSD loss, or with cfg.rl_weight = λ > 0 the λ-blend
+    λ·rl_loss + (1 − λ)·sdsd on the same rollouts (RL leash β against ref_model = π0)."""
+    if cfg.rl_weight <= 0:
+        return sdsd, {}
+    if ref_model is None:
+        raise PcmiInputError("TrainConfig.rl_weight > 0 (the λ-blend) needs the reference model π0")
+    rl, st_rl = rl_loss(model, ref_model, world, ro, cfg)
+    return cfg.rl_weight * rl + (1 - cfg.rl_weight) * sdsd, {"kl_ref": st_rl["kl_ref"]}
+
+
 def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=None):
     """One self-distillation step (see module docstring); with cfg.rl_weight = λ > 0 the λ-blend
     λ·(RL loss against ref_model, leash β) + (1 − λ)·(SDSD loss) on the same rollouts."""
@@ -426,13 +437,7 @@ def sdsd_step(model, teacher, opt, world, cfg, rng, gen, valid, ref_model=None):
             logp = sequence_logprob(completion_logits(model, ctx, ro.tokens), ro.tokens, ro.mask).cpu().numpy()
     demo_idx, n_only, n_skipped = choose_demonstrations(ro, cfg.group_size, rng, logp, cfg.demo_choice, cfg.demo_gamma)
     loss, st = sdsd_loss(model, teacher, world, ro, demo_idx, cfg.loss())
-    extra = {}
-    if cfg.rl_weight > 0:
-        if ref_model is None:
-            raise PcmiInputError("TrainConfig.rl_weight > 0 (the λ-blend) needs the reference model π0")
-        rl, st_rl = rl_loss(model, ref_model, world, ro, cfg)
-        loss = cfg.rl_weight * rl + (1 - cfg.rl_weight) * loss
-        extra = {"kl_ref": st_rl["kl_ref"]}
+    loss, extra = blended_with_rl(loss, model, ref_model, world, ro, cfg)
     gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
     return {"loss": loss.item(), "success": float(ro.reward.mean()), "grad_norm": gnorm,
@@ -445,13 +450,7 @@ def _feedback_sdsd_step(model, teacher, opt, world, cfg, rng, ro, ref_model):
     """The feedback-conditioned SDSD step on the sampled rollouts `ro` (teacher context "FB w SEP BOS s t")."""
     fb_idx, n_skipped = choose_feedback(world, ro, cfg.group_size, rng)
     loss, st = sdsd_loss(model, teacher, world, ro, fb_idx, cfg.loss(), feedback_contexts(world, ro, fb_idx))
-    extra = {}
-    if cfg.rl_weight > 0:
-        if ref_model is None:
-            raise PcmiInputError("TrainConfig.rl_weight > 0 (the λ-blend) needs the reference model π0")
-        rl, st_rl = rl_loss(model, ref_model, world, ro, cfg)
-        loss = cfg.rl_weight * rl + (1 - cfg.rl_weight) * loss
-        extra = {"kl_ref": st_rl["kl_ref"]}
+    loss, extra = blended_with_rl(loss, model, ref_model, world, ro, cfg)
     gnorm = _optimizer_step(model, opt, loss, cfg.grad_clip)
     tokens = ro.n * (3 + 2 * ro.tokens.shape[1] + st["ctx_len"])
     off = sum(feedback_endpoint(world, ro, int(j)) not in world.laws[int(ro.prompt[i])].wrong_targets
