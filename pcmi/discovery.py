@@ -13,7 +13,9 @@ Procedures (attempt i samples y_i from the current law; a success stops, a failu
     best_of_n    every attempt from π0:                      P(n) = 1 − (1 − p0)^n
     multi_turn   attempt i from the teacher conditioned on every feedback so far,
                  T(y | S) = (1 − eps)·π0(y) c_S(y) / π0(c_S) + eps·π0(y), c_S = Π_{f∈S} c_f
-                 (S the *set* of feedback classes seen; eps = 0 is ideal filtering)
+                 (S the *set* of feedback classes seen; eps = 0 is ideal filtering; a feedback that would
+                 leave no rollout of π0 compatible with S contradicts what was seen and is ignored,
+                 as the TTSD step ignores it: π(c_f) = 0 gives T = π)
     ttsd         test-time self-distillation: after each failure one update of the policy toward
                  its own feedback teacher T_i = T_{π_i}(· | f_i):
       step="kl"       the exact one-round optimum  argmin_π KL(π ‖ T_i) + κ·KL(π ‖ π_i)
@@ -294,6 +296,7 @@ class _MultiTurn:
 
     def __init__(self, problem, eps, remember=None):
         self.p, self.eps = problem, eps
+        self.custom = remember is not None
         self.remember = remember or (lambda S, f: S | frozenset([f]))
 
     def initial(self):
@@ -303,7 +306,11 @@ class _MultiTurn:
         return feedback_teacher(np.broadcast_to(self.p.log_pi0, payloads.shape), payloads, self.eps)
 
     def child_key(self, key, f):
-        return self.remember(key, f)
+        new = self.remember(key, f)
+        if not self.custom and not np.isfinite(logsumexp(np.where(self.payload_of(new, None, f), self.p.log_pi0,
+                                                                  -np.inf))):
+            return key  # f contradicts the feedback seen (no rollout of π0 left): it is ignored, as by TTSD
+        return new
 
     def payload_of(self, key, parent_payload, f):
         return np.logical_and.reduce([self.p.compatible[g] for g in key]) if key else np.ones(self.p.n, bool)
@@ -555,6 +562,11 @@ def simulate_discovery(problem: FeedbackProblem, method: str, n_max: int, runs: 
         got = f >= 0
         fail, f = fail[got], f[got]
         if len(fail):
+            if method == "multi_turn":  # a feedback that leaves no rollout of π0 compatible is ignored
+                trial = seen[fail].copy()
+                trial[np.arange(len(fail)), f] = True
+                keep = (~((trial.astype(int) @ (~C).astype(int)) > 0) & (pi0 > 0)[None, :]).any(axis=1)
+                fail, f = fail[keep], f[keep]
             seen[fail, f] = True
             if method == "ttsd":
                 c = C[f].astype(float)

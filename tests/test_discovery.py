@@ -448,3 +448,20 @@ def test_path_star_multi_turn_needs_at_most_one_attempt_per_arm():
     np.testing.assert_allclose(c.discovery, [1 - miss_without_replacement(p.p0, list(np.exp(arms)), n)
                                              for n in range(1, 7)], atol=1e-12)
     assert best_of_n_attempts(p.p0, 0.9) > 5
+
+
+def test_a_feedback_that_contradicts_everything_is_ignored_by_multi_turn_as_by_ttsd():
+    """A feedback compatible with no rollout (here class 0) cannot be conditioned on: multi-turn ignores it
+    (keeps what it knew) exactly as the eps = 0 TTSD step does (π(c_f) = 0 ⇒ T = π); the Monte Carlo agrees.
+    With the feedback honoured by resetting to π0 instead, attempt 3 would succeed with 0.616, not 0.712."""
+    p = FeedbackProblem(np.log(np.full(5, 0.2)), np.array([0, 0, 0, 1, 0]), np.array([0, 0, 0, -1, 1]),
+                        np.array([[False] * 5, [False, False, False, True, False]]), None)
+    mt = discovery_curve(p, "multi_turn", 3, eps=0.0, prune=0.0).discovery
+    tt = discovery_curve(p, "ttsd", 3, eps=0.0, kappa=0.5, prune=0.0).discovery
+    np.testing.assert_allclose(mt, tt, atol=1e-12)
+    # by hand: attempt 1 succeeds w.p. 0.2; a class-0 failure (0.6) teaches nothing, a class-1 one (0.2) leaves
+    # only the success; so P(2) = 0.2 + 0.6·0.2 + 0.2·1 = 0.52 and P(3) = 0.52 + 0.6·(0.6·0.2 + 0.2·1)
+    np.testing.assert_allclose(mt, [0.2, 0.52, 0.712], atol=1e-12)
+    first = simulate_discovery(p, "multi_turn", 3, runs=40000, seed=1)
+    for n, q in zip((1, 2, 3), mt):
+        assert abs(np.mean((first > 0) & (first <= n)) - q) < 5 * np.sqrt(q * (1 - q) / 40000)
