@@ -111,7 +111,17 @@ def cells(spec: dict) -> list[dict]:
         if bad:
             raise PcmiInputError(f"unknown {g['family']} parameter(s): {', '.join(sorted(bad))} "
                                  f"(expected {', '.join(FAMILIES[g['family']])})")
+        for k, v in params.items():
+            if not all(_is_number(x) for x in _listed(v)) or not _listed(v):
+                raise PcmiInputError(f"{g['family']} parameter {k} must be a number or a list of numbers, got {v!r}")
         graphs += [(g["family"], p) for p in _expand(params)]
+    if not graphs:
+        raise PcmiInputError("sweep spec 'graphs' lists no graph family")
+    if not checks:
+        raise PcmiInputError("sweep spec 'checks' names no check")
+    cap = spec.get("max_rollouts", 20000)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise PcmiInputError(f"max_rollouts must be an integer >= 1, got {cap!r}")
     seeds = spec.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else _listed(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
@@ -128,7 +138,7 @@ def cells(spec: dict) -> list[dict]:
             graphs, policies, teachers, _listed(spec.get("beta", 1.0)), _listed(spec.get("extra_len", 0)), seeds):
         out.append({"cell": len(out), "family": family, "params": params, "policy": policy, "teacher": teacher,
                     "beta": beta, "extra_len": extra, "seed": seed, "prompts": prompts, "checks": checks,
-                    "max_rollouts": spec.get("max_rollouts", 20000)})
+                    "max_rollouts": cap})
     return out
 
 
@@ -142,6 +152,9 @@ def _validate_axes(policies, teachers, betas, extras) -> None:
     for t in teachers:
         if t.get("kind", "route_copying") not in TEACHER_KINDS:
             raise PcmiInputError(f"unknown teacher kind {t.get('kind')!r}; expected one of {', '.join(TEACHER_KINDS)}")
+        for k, v in t.items():
+            if k != "kind" and not _is_number(v):
+                raise PcmiInputError(f"teacher {k} must be a number, got {v!r}")
     for b in betas:
         if isinstance(b, bool) or not isinstance(b, (int, float)):
             raise PcmiInputError(f"beta must be a number, got {b!r}")
@@ -149,6 +162,10 @@ def _validate_axes(policies, teachers, betas, extras) -> None:
     for e in extras:
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise PcmiInputError(f"extra_len must be an integer >= 0, got {e!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def _mapping(d, what: str) -> dict:

@@ -489,7 +489,7 @@ def test_sabotage_matched_knob_check_catches_a_wrong_knob(graph_settings):
 # --- D* (written by another module) -------------------------------------------------------------
 
 def test_dstar_remedy_keeps_ratios_when_available(graph_settings):
-    demonstrations = pytest.importorskip("pcmi.demonstrations", reason="pcmi/demonstrations.py not written yet")
+    from pcmi import demonstrations
     inst, _ = graph_settings["all_correct"]
     d = demonstrations.dstar(inst)
     lp = R.dstar_remedy(inst)

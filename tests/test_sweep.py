@@ -10,6 +10,7 @@ import pytest
 from pcmi import sweep as S
 from pcmi import verify as V
 from pcmi.cli import main
+from graphworld.errors import GraphworldError
 from pcmi.errors import PcmiInputError
 from pcmi.solve import load_instance
 
@@ -67,8 +68,10 @@ def test_counterexample_files_fail_under_pcmi_verify_instance(small_sweep, capsy
 
 def test_universal_propositions_hold_everywhere_they_apply(small_sweep):
     _, atlas = small_sweep
-    for g in atlas["groups"]:
-        if g["check"] in ("P4", "P8", "P9") and g["tried"]:
+    for check in ("P4", "P8", "P9"):
+        groups = [g for g in atlas["groups"] if g["check"] == check]
+        assert sum(g["tried"] for g in groups) > 0, check  # the spec gives every universal check instances
+        for g in groups:
             assert g["held"] == g["tried"], g
 
 
@@ -82,13 +85,18 @@ def test_atlas_counts_equal_an_independent_recount(small_sweep):
         assert g["tried"] == sum(r["status"] in ("held", "failed") for r in mine)
         assert g["held"] == sum(r["status"] == "held" for r in mine)
         assert g["skipped"] == sum(r["status"].startswith("skipped") for r in mine)
+        assert g["not_applicable"] == sum(r["status"] == "not_applicable" for r in mine)
     assert sum(g["tried"] + g["skipped"] + g["not_applicable"] for g in atlas["groups"]) == len(rows)
 
 
-def test_sabotage_a_wrong_check_changes_the_atlas(monkeypatch):
-    spec = {**SMALL, "checks": ["P8"], "graphs": SMALL["graphs"][:1], "policies": [{"goal_aware": True}]}
+@pytest.mark.parametrize("check, wrong", [
+    ("P8", lambda inst, data: V.P.check_p8(inst, 1.0, sdsd=lambda i: i.log_base)),   # SDSD that keeps π0
+    ("P4", lambda inst, data: V.P.check_p4(inst, sdsd=lambda i: i.log_base)),        # no amplification
+])
+def test_sabotage_a_wrong_check_changes_the_atlas(monkeypatch, check, wrong):
+    spec = {**SMALL, "checks": [check], "graphs": SMALL["graphs"][:1], "policies": [{"goal_aware": True}]}
     honest = S.atlas_of(_strs(S.sweep_rows(spec)), spec)
-    monkeypatch.setitem(V.CHECKS, "P8", lambda inst, data: V.P.check_p8(inst, 1.0, sdsd=lambda i: i.log_base))
+    monkeypatch.setitem(V.CHECKS, check, wrong)
     wrong = S.atlas_of(_strs(S.sweep_rows(spec)), spec)
     assert [g["held"] for g in honest["groups"]] != [g["held"] for g in wrong["groups"]]
 
@@ -155,9 +163,16 @@ def test_ray_backend_gives_the_process_pool_table(tmp_path):
     ({**SMALL, "extra_len": [-1]}, "extra_len"),
     ({**SMALL, "colour": 1}, "unknown sweep spec key"),
     ({"verify": {"examples": 0}}, "examples"),
+    ({**SMALL, "max_rollouts": "x"}, "max_rollouts"),
+    ({**SMALL, "max_rollouts": 0}, "max_rollouts"),
+    ({**SMALL, "graphs": [{"family": "path_star", "degree": "a"}]}, "degree must be a number"),
+    ({**SMALL, "graphs": [{"family": "path_star", "degree": []}]}, "degree must be a number"),
+    ({**SMALL, "graphs": []}, "no graph family"),
+    ({**SMALL, "checks": []}, "names no check"),
+    ({**SMALL, "teachers": [{"kind": "route_copying", "eps": "a"}]}, "teacher eps must be a number"),
 ])
 def test_bad_specs_are_one_line_errors(spec, match):
-    with pytest.raises(Exception, match=match) as info:
+    with pytest.raises((PcmiInputError, GraphworldError), match=match) as info:
         S.cells(spec)
     assert "\n" not in str(info.value)
 

@@ -18,7 +18,7 @@ from graphworld.feedback import WrongEndpoint  # noqa: E402
 from pcmi.errors import PcmiInputError  # noqa: E402
 from pcmi.training import grid as G  # noqa: E402
 from pcmi.training.config import PRESETS, TrainConfig  # noqa: E402
-from pcmi.training.data import make_world, pretraining_batch  # noqa: E402
+from pcmi.training.data import make_world, padded_batch, pretraining_batch  # noqa: E402
 from pcmi.training.evaluate import (enumerate_model, feedback_fixed_point, feedback_teacher,  # noqa: E402
                                     ideal_feedback_prediction, model_teacher)
 from pcmi.training.model import GPT  # noqa: E402
@@ -164,13 +164,7 @@ def _unconditioned_batch(world, batch, p_demo, p_wrong, rng, p_feedback):
         ctx = v.encode_prompt(law.task.source, law.task.target, feedback=fb)
         rows.append(ctx + v.encode_completion(path))
         starts.append(len(ctx))
-    T = max(map(len, rows))
-    ids = torch.full((batch, T), v.special("STOP"), dtype=torch.long)
-    mask = torch.zeros((batch, T - 1), dtype=torch.bool)
-    for b, (row, c) in enumerate(zip(rows, starts)):
-        ids[b, :len(row)] = torch.tensor(row)
-        mask[b, c - 1:len(row) - 1] = True
-    return ids[:, :-1], ids[:, 1:], mask
+    return padded_batch(rows, starts, v.special("STOP"))
 
 
 def _route_biased_batch(world, batch, p_demo, p_wrong, rng, p_feedback):

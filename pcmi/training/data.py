@@ -131,10 +131,16 @@ def pretraining_batch(world: World, batch: int, p_demo: float, p_wrong: float, r
         ctx = world.vocab.encode_prompt(law.task.source, law.task.target, demo, feedback=fb)
         rows.append(ctx + world.vocab.encode_completion(path))
         starts.append(len(ctx))
+    return padded_batch(rows, starts, world.ids("STOP"))
+
+
+def padded_batch(rows, starts, stop_id: int):
+    """(inputs, targets, loss mask) of token rows padded with STOP; the loss covers each row's tokens
+    from its start (the completion) on: position p predicts token p + 1."""
     T = max(map(len, rows))
-    ids = torch.full((batch, T), world.ids("STOP"), dtype=torch.long)
-    mask = torch.zeros((batch, T - 1), dtype=torch.bool)
+    ids = torch.full((len(rows), T), stop_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T - 1), dtype=torch.bool)
     for b, (row, c) in enumerate(zip(rows, starts)):
         ids[b, :len(row)] = torch.tensor(row)
-        mask[b, c - 1:len(row) - 1] = True   # position p predicts token p+1
+        mask[b, c - 1:len(row) - 1] = True
     return ids[:, :-1], ids[:, 1:], mask

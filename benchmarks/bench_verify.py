@@ -1,0 +1,29 @@
+"""Per-row time of `pcmi verify` at its default size: `python benchmarks/bench_verify.py [EXAMPLES]`.
+
+Runs each row of pcmi.verify.ROWS on its own random stream, exactly as `pcmi verify` does, and prints
+the seconds per row, the held count and the total (the symbolic proofs apart)."""
+import sys
+import time
+
+import numpy as np
+
+from pcmi import propositions as P
+from pcmi.symbolic import all_proofs
+from pcmi.verify import ROWS
+
+
+def main(examples: int = 200, seed: int = 0):
+    total = 0.0
+    for i, (name, kind, _, make, check) in enumerate(ROWS):
+        t0 = time.perf_counter()
+        r = P.search_counterexamples(name, kind, make, check, examples, np.random.default_rng([seed, i]))
+        dt = time.perf_counter() - t0
+        total += dt
+        print(f"{name:12s} {dt:6.2f} s   held {r.held}/{r.tried}")
+    t0 = time.perf_counter()
+    all_proofs()
+    print(f"{'symbolic':12s} {time.perf_counter() - t0:6.2f} s\nrows total   {total:6.2f} s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
