@@ -119,9 +119,7 @@ def _route_copying_view(teacher):
     A copy teacher T = lam·1[y = y'] + (1−lam)·π0 is route-copying with one strategy per rollout
     (w_y = π0(y), P_y = δ_y) and eps = 1 − lam."""
     if isinstance(teacher, LatentStrategyTeacher) and teacher.disjoint:
-        support = np.isfinite(teacher.log_P) & np.isfinite(teacher.log_w)[:, None]
-        owner = np.where(support.any(axis=0), support.argmax(axis=0), -1)
-        return owner, teacher.log_w, teacher.eps
+        return teacher._owner, teacher.log_w, teacher.eps  # the owner index: no (K, |Y|) law matrix
     if isinstance(teacher, CopyTeacher):
         return np.arange(teacher.n), teacher.log_base, 1.0 - teacher.lam
     return None
@@ -422,6 +420,10 @@ def demo_rounds(inst, kind: str = "dstar", *, gamma: float = 1.0, group: int = 8
     (base π_k, teacher rebuilt from π_k), until TV(π_{k+1}, π_k) ≤ tol or max_rounds."""
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
         raise PcmiInputError(f"max_rounds must be an integer >= 1, got {max_rounds!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not np.isfinite(tol) or tol < 0:
+        raise PcmiInputError(f"tol must be a finite number >= 0, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not np.isfinite(tol) or tol < 0:
+        raise PcmiInputError(f"tol must be a finite number >= 0, got {tol!r}")
     law = demo_law(kind, gamma, group)
     cur, pis, tv = inst, [inst.log_base], np.inf
     for k in range(int(max_rounds)):

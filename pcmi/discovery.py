@@ -242,11 +242,6 @@ def _masses(L: np.ndarray, reward: np.ndarray, G: np.ndarray):
         return np.log(E @ reward.astype(float)) + m[:, 0], np.log(E @ G) + m
 
 
-def _tree_levels(tree):
-    """(nodes, parents) per depth, root excluded: for root-to-leaf sums on batched node arrays."""
-    return [(lv, tree.parent[lv]) for lv in tree._levels[1:]]
-
-
 def batched_log_seq(tree, sib, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(log π(a | h) (S, N), log π(h) (S, N)) of the tabular policies θ (S, N) (masked −inf logits stay −inf)."""
     lse = sib.logsumexp(theta)
@@ -254,11 +249,7 @@ def batched_log_seq(tree, sib, theta: np.ndarray) -> tuple[np.ndarray, np.ndarra
         lc = theta - sib.spread(lse)
     lc = np.where(np.isneginf(theta), -np.inf, lc)
     lc[:, 0] = 0.0
-    lpre = lc.copy()
-    with np.errstate(invalid="ignore"):
-        for nodes, par in _tree_levels(tree):
-            lpre[:, nodes] += lpre[:, par]
-    return lc, lpre
+    return lc, tree.path_sum(lc.T).T  # log π(h) = Σ of log π(a | h') along the root → h path
 
 
 def batched_tabular_step(tree, sib, theta: np.ndarray, log_T: np.ndarray, eta: float) -> np.ndarray:
@@ -520,6 +511,8 @@ def simulate_discovery(problem: FeedbackProblem, method: str, n_max: int, runs: 
         raise PcmiInputError(f"runs must be a positive integer, got {runs!r}")
     if method not in METHODS:
         raise PcmiInputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PcmiInputError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     pi0 = np.exp(problem.log_pi0)
     pi0 = pi0 / pi0.sum()

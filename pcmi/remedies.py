@@ -29,11 +29,11 @@ from typing import Callable
 import numpy as np
 from scipy.optimize import brentq
 
-from .distributions import condition, entropy, kl, log_normalize, logsumexp, total_variation
+from .distributions import condition, kl, log_normalize, logsumexp, total_variation
 from .dynamics import on_policy_instance
 from .errors import PcmiInputError
 from .instance import Instance, demos_from_successes, has_reachable_success
-from .metrics import ood_success, strategy_mass_entropy, success
+from .metrics import correct_entropy, ood_success, strategy_mass_entropy, success
 from .policies import (check_beta, contrastive_optimum, contrastive_score, forward_kl_optimum, js_optimum,
                        rl_optimum, sdsd_optimum)
 from .scores import expected_log_teacher_leaves
@@ -387,13 +387,12 @@ def remedy_metrics(inst, log_pi, blocked=None) -> dict:
     OOD success with `blocked` rollouts removed (None without a mask), KL(π‖π0) to the instance's base,
     and the entropy of π(· | r = 1)."""
     ok = has_reachable_success(log_pi, inst.reward)
-    out = {"success": success(log_pi, inst.reward),
-           "strategy_mass_entropy": strategy_mass_entropy(log_pi, inst.reward, inst.route)
-           if ok and inst.route is not None else None,
-           "correct_entropy": entropy(condition(log_pi, inst.reward == 1)) if ok else None,
-           "ood_success": None if blocked is None else ood_success(log_pi, inst.reward, blocked),
-           "kl_to_base": kl(log_pi, inst.log_base)}
-    return out
+    return {"success": success(log_pi, inst.reward),
+            "strategy_mass_entropy": strategy_mass_entropy(log_pi, inst.reward, inst.route)
+            if ok and inst.route is not None else None,
+            "correct_entropy": correct_entropy(log_pi, inst.reward) if ok else None,
+            "ood_success": None if blocked is None else ood_success(log_pi, inst.reward, blocked),
+            "kl_to_base": kl(log_pi, inst.log_base)}
 
 
 # --- matched KL to π0 -----------------------------------------------------------------------

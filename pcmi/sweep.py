@@ -155,6 +155,8 @@ def _validate_axes(policies, teachers, betas, extras) -> None:
         for k, v in t.items():
             if k != "kind" and not _is_number(v):
                 raise PcmiInputError(f"teacher {k} must be a number, got {v!r}")
+            if k in ("eps", "lam") and not 0 <= v <= 1:
+                raise PcmiInputError(f"teacher {k} must lie in [0, 1], got {v!r}")
     for b in betas:
         if isinstance(b, bool) or not isinstance(b, (int, float)):
             raise PcmiInputError(f"beta must be a number, got {b!r}")

@@ -396,3 +396,28 @@ def test_compare_demo_laws_reports_the_default_collapse():
     assert rep["dstar"]["fixed_point"]["tv_to_dstar"] == 0
     for kind in D.PROXY_KINDS:
         assert 0 <= rep[kind]["fixed_point"]["tv_to_dstar"] <= 1
+
+
+@pytest.mark.parametrize("tol", [float("nan"), -1.0, float("inf")])
+def test_demo_rounds_refuse_a_bad_tolerance(tol):
+    """A NaN or negative tol would run every round and report 'not converged' instead of an error."""
+    from pcmi.demonstrations import demo_rounds
+    base = np.log([0.5, 0.3, 0.2])
+    from pcmi.teachers import LatentStrategyTeacher
+    from pcmi.instance import Instance, demos_from_successes
+    inst = Instance(base, [1, 1, 1], LatentStrategyTeacher.route_copying(base, [0, 1, 2], 0.1),
+                    demos_from_successes(base, np.array([1, 1, 1])), route=np.array([0, 1, 2]))
+    with pytest.raises(PcmiInputError, match="tol must be"):
+        demo_rounds(inst, "inverse_prob", tol=tol)
+
+
+def test_route_copying_dstar_leaves_the_owner_teacher_without_its_law_matrix():
+    """D* of a route-copying teacher reads its owner index: the (K, |Y|) matrix is never built."""
+    from pcmi.demonstrations import dstar
+    from pcmi.teachers import LatentStrategyTeacher
+    from pcmi.instance import Instance, demos_from_successes
+    base = np.log([0.4, 0.1, 0.3, 0.2])
+    t = LatentStrategyTeacher.route_copying(base, [0, 0, 1, 2], 0.2)
+    inst = Instance(base, [1, 1, 1, 1], t, demos_from_successes(base, np.ones(4, int)), route=np.array([0, 0, 1, 2]))
+    d = dstar(inst)
+    assert d.method == "closed_form" and t._log_P is None and d.spread < 1e-12

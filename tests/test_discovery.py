@@ -465,3 +465,11 @@ def test_a_feedback_that_contradicts_everything_is_ignored_by_multi_turn_as_by_t
     first = simulate_discovery(p, "multi_turn", 3, runs=40000, seed=1)
     for n, q in zip((1, 2, 3), mt):
         assert abs(np.mean((first > 0) & (first <= n)) - q) < 5 * np.sqrt(q * (1 - q) / 40000)
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True])
+def test_simulation_seed_must_be_a_non_negative_integer(seed):
+    p = informative_problem(0.2, [0.5, 0.3])
+    with pytest.raises(PcmiInputError, match="seed must be an integer") as info:
+        simulate_discovery(p, "best_of_n", 3, runs=10, seed=seed)
+    assert "\n" not in str(info.value)

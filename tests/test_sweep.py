@@ -170,6 +170,7 @@ def test_ray_backend_gives_the_process_pool_table(tmp_path):
     ({**SMALL, "graphs": []}, "no graph family"),
     ({**SMALL, "checks": []}, "names no check"),
     ({**SMALL, "teachers": [{"kind": "route_copying", "eps": "a"}]}, "teacher eps must be a number"),
+    ({**SMALL, "teachers": [{"kind": "route_copying", "eps": 2.0}]}, "teacher eps must lie in"),
 ])
 def test_bad_specs_are_one_line_errors(spec, match):
     with pytest.raises((PcmiInputError, GraphworldError), match=match) as info:
