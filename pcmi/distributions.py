@@ -60,7 +60,9 @@ def check_probs(p, name: str = "distribution", *, axis: int = -1) -> np.ndarray:
     if np.any(bad):
         worst = float(np.ravel(s)[np.argmax(np.ravel(np.abs(s - 1)))])
         raise PcmiInputError(f"{name} is not normalized (sums to {worst:.9g})")
-    return safe_log(p / np.expand_dims(s, axis))
+    q = p / np.expand_dims(s, axis)
+    with np.errstate(divide="ignore"):
+        return np.log(q, out=q)
 
 
 def float_array(x, name: str, ndim: int | None = None) -> np.ndarray:
@@ -81,7 +83,12 @@ def check_log_probs(logp, name: str = "distribution", *, axis: int = -1) -> np.n
         raise PcmiInputError(f"{name} contains NaN")
     if (logp == np.inf).any():
         raise PcmiInputError(f"{name} contains +inf")
-    z = logsumexp(logp, axis=axis, keepdims=True)
+    if logp.ndim == 2 and axis in (-1, 1):  # row blocks: temporaries of ~2^20 entries, not of the whole matrix
+        step = max(1, (1 << 20) // max(logp.shape[1], 1))
+        z = np.concatenate([logsumexp(logp[lo:lo + step], axis=1) for lo in range(0, len(logp), step)] or
+                           [np.zeros(0)])[:, None]
+    else:
+        z = logsumexp(logp, axis=axis, keepdims=True)
     if np.any(np.abs(np.expm1(z)) > NORMALIZATION_TOL):
         raise PcmiInputError(f"{name} is not normalized (log-sum {float(np.ravel(z)[0]):.9g})")
     return logp - z

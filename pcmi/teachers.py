@@ -2,10 +2,13 @@
 
 Every teacher answers one question, `demo_classes(log_D, tree)`: it streams groups of
 demonstrations as (log weight of the group under D, log T(h | y') on every prefix h of the
-tree) in chunks. Demonstrations that induce the same teacher share one group, so a route-copying
-teacher costs O(|Y|·K) and a general latent teacher O(|Y|·K) memory per chunk; no |Y|×|Y|
-matrix is built except by KernelTeacher, which is one by nature. All expectations over D
-(`expected_log_teacher`, `mixture_log_teacher`, `token_mixture_log`) are computed from that stream.
+tree) in chunks. Demonstrations that induce the same teacher share one group: a route-copying
+teacher has one per strategy, a general latent teacher one per distinct posterior q(· | y')
+(a soft-route teacher: one per route), each chunk computed as one scaled BLAS product in
+probability space; no |Y|×|Y| matrix is built except by KernelTeacher, which is one by nature.
+All expectations over D (`expected_log_teacher`, `mixture_log_teacher`, `token_mixture_log`)
+come from that stream unless the teacher has a closed form for them (route-copying
+`expected_log`; copy `expected_log`, `mixture_log`, `token_mixture_log`, all O(|tree|)).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from .distributions import check_log_probs, check_probs, float_array, log_normal
 from .errors import PcmiInputError
 
 CHUNK = 256
+_CHUNK_ENTRIES = 1 << 22   # at most ~4M teacher entries (32 MB) per streamed chunk
+POSTERIOR_DECIMALS = 13    # posteriors equal to this many decimals of log q share a demonstration class
+UNDERFLOW = 1e-200         # a probability-space sum below this is redone in log space
 
 
 def _check_unit(x, name, *, open_low=False, open_high=False) -> float:
@@ -187,11 +193,23 @@ class LatentStrategyTeacher:
             for z in np.flatnonzero(np.isfinite(lw)):
                 yield lw[z:z + 1], _mix(nodes.log_p(z), 1 - self.eps, log_base_nodes, self.eps)[None, :]
             return
-        log_P_nodes = tree.prefix_logsumexp(self.log_P)
+        log_wc, log_qc = self.posterior_classes(log_D)
+        nodes = _ScaledLaws(tree.prefix_logsumexp(self.log_P), log_base_nodes, self.eps)
+        rows = min(chunk, _chunk_rows(tree))
+        for lo in range(0, len(log_wc), rows):
+            yield log_wc[lo:lo + rows], nodes.log_teacher(log_qc[lo:lo + rows])
+
+    def posterior_classes(self, log_D) -> tuple[np.ndarray, np.ndarray]:
+        """The demonstrations grouped by their posterior q(· | y'): (log D(c), log q(· | c)), shape (C,),
+        (C, K). T(· | y') depends on y' only through q(· | y'), so a class is one demonstration as far as
+        every expectation over D goes. Posteriors equal to POSTERIOR_DECIMALS decimals in log space
+        share a class (they change log T by < 1e-13): a soft-route teacher has one class per route."""
         demos = np.flatnonzero(np.isfinite(log_D))
-        for lo in range(0, len(demos), chunk):
-            idx = demos[lo:lo + chunk]
-            yield log_D[idx], self._log_teacher(self.log_posterior(idx), log_P_nodes, log_base_nodes)
+        log_q = self.log_posterior(demos)
+        if len(demos) == 0:
+            return np.zeros(0), log_q
+        _, first, inv = np.unique(np.round(log_q, POSTERIOR_DECIMALS), axis=0, return_index=True, return_inverse=True)
+        return _group_logsumexp(log_D[demos], inv.reshape(-1), len(first)), log_q[first]
 
     def _strategy_demo_mass(self, log_D) -> np.ndarray:
         """log D(z) = log Σ_{y' ∈ z} D(y') per strategy (disjoint teachers)."""
@@ -202,9 +220,11 @@ class LatentStrategyTeacher:
         """E_D log T(h | y') on every node. Disjoint strategies: Σ_z D(z)·log((1−eps)P_z(h) + eps·π0(h)),
         where a prefix below which only strategy z has mass gives D(z)·log((1−eps)P_z(h) + eps·π0(h)) +
         (1 − D(z))·log(eps·π0(h)): O(|tree| + K·#prefixes shared by several strategies)."""
-        if not self.disjoint:
-            return expected_log_by_classes(self, log_D, tree)
         self._check_demos(log_D)
+        if not self.disjoint:  # one class per distinct posterior, one scaled BLAS product per chunk
+            log_wc, log_qc = self.posterior_classes(log_D)
+            laws = _ScaledLaws(tree.prefix_logsumexp(self.log_P), tree.prefix_logsumexp(self.log_base), self.eps)
+            return laws.expected_log(log_wc, log_qc, _chunk_rows(tree))
         nodes = _strategy_nodes(self, tree)
         base = tree.prefix_logsumexp(self.log_base)
         lw = self._strategy_demo_mass(log_D)
@@ -277,6 +297,31 @@ class CopyTeacher:
         # when off = −inf, though 1 − D(h) rounds to 0)
         return _weighted(d_in, on, n_in > 0) + _weighted(d_out, off, n_in < demos.sum())
 
+    def mixture_log(self, log_D, tree: PrefixTree) -> np.ndarray:
+        """log E_D T(h | y') = log(lam·D(h) + (1−lam)·π0(h)·Σ D), with D(h) the demonstration mass
+        below h: the forward-KL optimum's prefix marginals in O(|tree|)."""
+        base = tree.prefix_logsumexp(self.log_base)
+        return _mix(tree.prefix_logsumexp(log_D), self.lam, base + logsumexp(log_D), 1 - self.lam)
+
+    def token_mixture_log(self, log_D, tree: PrefixTree) -> np.ndarray:
+        """log E_D T(a | h, y') at every non-root node c = h·a, in O(|tree|): a demonstration below h
+        has T(h | y') = A(h) = lam + (1−lam)·π0(h), one outside has (1−lam)·π0(h), so
+
+            E_D T(a | h, y') = (lam·D(c) + (1−lam)·π0(c)·D(h)) / A(h) + D_out(h)·π0(c) / π0(h),
+
+        each term only where its T(h | y') > 0; D_out(h), the mass outside h, is summed top-down
+        from the siblings (no subtraction that could lose a 1e-300 demonstration)."""
+        par = tree.parent[1:]
+        base = tree.prefix_logsumexp(self.log_base)
+        d_in = tree.prefix_logsumexp(log_D)
+        log_a = _mix(np.zeros_like(base), self.lam, base, 1 - self.lam)          # log A(h)
+        inside = _mix(d_in[1:], self.lam, base[1:] + d_in[par], 1 - self.lam)
+        with np.errstate(invalid="ignore"):
+            inside = np.where(np.isfinite(log_a[par]), inside - log_a[par], -np.inf)
+            outside = _mass_outside(tree, log_D)[par] + base[1:] - base[par]
+        outside = np.where((self.lam < 1) & np.isfinite(base[par]), outside, -np.inf)
+        return np.r_[0.0, np.logaddexp(inside, outside)]
+
     def rebuilt(self, log_pi) -> "CopyTeacher":
         return CopyTeacher(log_pi, self.lam)
 
@@ -311,6 +356,90 @@ class KernelTeacher:
             yield log_D[idx], tree.prefix_logsumexp(self.log_T[idx])
 
 
+class _ScaledLaws:
+    """T(h | q) = (1−eps)·Σ_z q_z P_z(h) + eps·π0(h) for many posteriors q at once, as one BLAS product in
+    probability space: P_z(h) is scaled by its node maximum M(h) = max_z P_z(h) (≥ π0(h)) and q by its
+    largest entry, so every factor lies in [0, 1]. A sum that comes out below UNDERFLOW (its terms
+    underflowed) is redone in log space, so the result equals the log-space sum to rounding."""
+
+    def __init__(self, log_P_nodes: np.ndarray, log_base_nodes: np.ndarray, eps: float):
+        self.log_P, self.log_base, self.eps = log_P_nodes, log_base_nodes, eps
+        top = log_P_nodes.max(axis=0)
+        self.shift = np.where(np.isfinite(top), top, 0.0)                         # log M(h)
+        self.scaled = np.exp(np.vstack([log_P_nodes, log_base_nodes[None, :]]) - self.shift)  # (K + 1, |tree|)
+
+    def log_scaled(self, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(L, r) with log T(h | q_b) = L[b, h] + r[b] + log M(h), for the rows q_b of log_q (B, K)."""
+        row = log_q.max(axis=1)                                                  # ≥ −log K: q sums to 1
+        coef = np.hstack([(1 - self.eps) * np.exp(log_q - row[:, None]), self.eps * np.exp(-row)[:, None]])
+        s = coef @ self.scaled
+        redo = s < UNDERFLOW
+        with np.errstate(divide="ignore"):
+            out = np.log(s, out=s)
+        if redo.any():  # terms that underflowed in probability space: the exact log-space sum there
+            b, h = np.nonzero(redo)
+            inner = logsumexp(log_q[b] + self.log_P[:, h].T, axis=1)
+            out[b, h] = _mix(inner, 1 - self.eps, self.log_base[h], self.eps) - row[b] - self.shift[h]
+        return out, row
+
+    def log_teacher(self, log_q: np.ndarray) -> np.ndarray:
+        """log T(h | q) for each row q of log_q (B, K): shape (B, |tree|)."""
+        out, row = self.log_scaled(log_q)
+        out += row[:, None]
+        out += self.shift
+        return out
+
+    def expected_log(self, log_w: np.ndarray, log_q: np.ndarray, chunk: int) -> np.ndarray:
+        """Σ_c w_c log T(h | q_c) over classes c of weight w_c (all present: one with T(h | q_c) = 0 makes
+        h −inf even if w_c underflows), as Σ_c w_c L_c(h) + Σ_c w_c r_c + (Σ_c w_c)·log M(h)."""
+        w = prob_of(log_w)
+        total, dead = np.zeros(self.scaled.shape[1]), np.zeros(self.scaled.shape[1], bool)
+        for lo in range(0, len(w), chunk):
+            L, row = self.log_scaled(log_q[lo:lo + chunk])
+            zero = np.isneginf(L)
+            if zero.any():
+                dead |= zero.any(axis=0)
+                L[zero] = 0.0
+            total += w[lo:lo + chunk] @ L + w[lo:lo + chunk] @ row
+        total += w.sum() * self.shift
+        total[dead] = -np.inf
+        return total
+
+
+def _chunk_rows(tree: PrefixTree) -> int:
+    """Rows of teacher values per chunk: about _CHUNK_ENTRIES entries on this tree."""
+    return max(1, _CHUNK_ENTRIES // max(tree.n_nodes, 1))
+
+
+def _mass_outside(tree: PrefixTree, log_D) -> np.ndarray:
+    """log Σ_{y' not below h} D(y') for every node h, top-down: outside(c) = outside(h) ⊕ D at h itself
+    ⊕ the mass of c's siblings. The siblings' sum is S(h) − D(c) where that is well conditioned
+    (D(c) ≤ S(h)/2) and summed directly for the one child that may hold more than half of S(h)."""
+    n = tree.n_nodes
+    d = tree.prefix_logsumexp(log_D)
+    own = _group_logsumexp(np.asarray(log_D, float), tree.leaf_node, n)        # D of the rollouts ending at h
+    child, par = np.arange(1, n), tree.parent[1:]
+    total = _group_logsumexp(d[1:], par, n)                                    # S(h): mass of h's children
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, par, d[1:])
+    cand = np.flatnonzero(np.isfinite(d[1:]) & (d[1:] == top[par]))
+    big = np.full(n, -1, np.int64)
+    big[par[cand[::-1]]] = child[cand[::-1]]                                   # the first child holding the max
+    is_big = big[par] == child
+    rest = _group_logsumexp(np.where(is_big, -np.inf, d[1:]), par, n)          # S(h) without that child
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = total[par] + np.log1p(-np.exp(d[1:] - total[par]))
+    sib = np.where(is_big, rest[par], np.where(np.isfinite(total[par]), diff, -np.inf))
+    out = np.full(n, -np.inf)
+    depth = tree.depth
+    order = np.argsort(depth[1:], kind="stable") + 1
+    bounds = np.cumsum(np.bincount(depth[1:] - 1))
+    for nodes in np.split(order, bounds[:-1]):
+        p = tree.parent[nodes]
+        out[nodes] = np.logaddexp(np.logaddexp(out[p], own[p]), sib[nodes - 1])
+    return out
+
+
 def _weighted(w: np.ndarray, log_t: np.ndarray, present=None) -> np.ndarray:
     """w·log_t with 0·(−inf) = 0 (a demonstration of weight 0 costs nothing); `present` marks the
     weights that are exactly positive (default w > 0), so that an underflowed weight still gives −inf."""
@@ -337,6 +466,8 @@ def expected_log_by_classes(teacher, log_D, tree: PrefixTree) -> np.ndarray:
 
 def mixture_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
     """log E_{y'∼D} T(h | y') on every tree node (leaves: the forward-KL optimum)."""
+    if hasattr(teacher, "mixture_log"):
+        return teacher.mixture_log(log_D, tree)
     acc = np.full(tree.n_nodes, -np.inf)
     for log_w, log_t in teacher.demo_classes(log_D, tree):
         acc = np.logaddexp(acc, logsumexp(log_w[:, None] + log_t, axis=0))
@@ -346,6 +477,8 @@ def mixture_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
 def token_mixture_log(teacher, log_D, tree: PrefixTree) -> np.ndarray:
     """log E_{y'∼D} T(a | h, y') for every non-root node h·a (demonstration weights held fixed);
     a demonstration under which h has probability 0 contributes nothing at h."""
+    if hasattr(teacher, "token_mixture_log"):
+        return teacher.token_mixture_log(log_D, tree)
     acc = np.full(tree.n_nodes, -np.inf)
     par = tree.parent[1:]
     for log_w, log_t in teacher.demo_classes(log_D, tree):

@@ -1,9 +1,11 @@
 """Distributions in log space: probabilities that leave log space lie in [0, 1]."""
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
+from pcmi import PcmiInputError
 from pcmi.distributions import condition, log_normalize, prob_of, probs, total_variation
 from pcmi.testing import extreme_log_distributions
 
@@ -41,3 +43,16 @@ def test_extreme_distributions_are_normalized_and_probs_stay_in_range(lp):
     keep = np.isfinite(lp)
     assert np.allclose(probs(condition(lp, keep)), p)
 
+
+
+def test_row_blocked_normalization_equals_the_whole_matrix_at_once():
+    """check_log_probs on a matrix larger than one row block (2^20 entries) normalizes every row as
+    logsumexp over the whole matrix does, and still finds a bad row in a later block."""
+    from pcmi.distributions import check_log_probs, logsumexp
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1100, 1000))
+    a -= logsumexp(a, axis=1, keepdims=True)
+    assert np.array_equal(check_log_probs(a, axis=1), a - logsumexp(a, axis=1, keepdims=True))
+    a[1090] += 0.01
+    with pytest.raises(PcmiInputError, match="not normalized"):
+        check_log_probs(a, axis=-1)

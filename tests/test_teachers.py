@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from pcmi import CopyTeacher, KernelTeacher, LatentStrategyTeacher, PcmiInputError
+from pcmi import teachers as teachers_mod
 from pcmi.distributions import safe_log
 from pcmi.scores import pcmi_matrix
 from pcmi.teachers import expected_log_teacher, leaf_rows, mixture_log_teacher, token_mixture_log
@@ -466,3 +467,126 @@ def test_from_owner_refuses_a_bad_index(owner, msg):
     with pytest.raises(PcmiInputError, match=msg) as info:
         LatentStrategyTeacher.from_owner(np.log([0.2, 0.3, 0.5]), np.array(owner), 0.1)
     assert "\n" not in str(info.value)
+
+
+# --- posterior classes, the scaled BLAS product, the copy teacher's O(|tree|) mixtures (issue 13) ------
+
+class PreviousStream:
+    """The demonstration stream before issue 13's scale work (commit 80e4de9): one log-space row per
+    demonstration, for overlapping latent and copy teachers; every expectation then goes the generic way."""
+
+    def __init__(self, teacher):
+        self.t, self.n = teacher, teacher.n
+
+    def demo_classes(self, log_D, tree, chunk=256):
+        t, demos = self.t, np.flatnonzero(np.isfinite(log_D))
+        base = tree.prefix_logsumexp(t.log_base)
+        log_P = None if isinstance(t, CopyTeacher) else tree.prefix_logsumexp(t.log_P)
+        for lo in range(0, len(demos), chunk):
+            idx = demos[lo:lo + chunk]
+            if log_P is None:
+                onehot = np.full((len(idx), t.n), -np.inf)
+                onehot[np.arange(len(idx)), idx] = 0.0
+                yield log_D[idx], teachers_mod._mix(tree.prefix_logsumexp(onehot), t.lam, base[None, :], 1 - t.lam)
+            else:
+                inner = logsumexp(t.log_posterior(idx)[:, :, None] + log_P[None, :, :], axis=1)
+                yield log_D[idx], teachers_mod._mix(inner, 1 - t.eps, base[None, :], t.eps)
+
+
+def same_as_previous(teacher, log_D, tree, tol=1e-12) -> bool:
+    """E_D log T, log E_D T and the token mixture equal the previous implementation's: the same −inf
+    pattern and values to tol (relative to max(1, |value|))."""
+    old = PreviousStream(teacher)
+    for f in (expected_log_teacher, mixture_log_teacher, token_mixture_log):
+        a = f(teacher, log_D, tree)
+        b = teachers_mod.expected_log_by_classes(old, log_D, tree) if f is expected_log_teacher else f(old, log_D, tree)
+        if not np.array_equal(np.isfinite(a), np.isfinite(b)) or not np.array_equal(a == np.inf, b == np.inf):
+            return False
+        m = np.isfinite(a)
+        if np.any(np.abs(a[m] - b[m]) > tol * np.maximum(1.0, np.abs(b[m]))):
+            return False
+    return True
+
+
+def _overlapping_or_copy(inst):
+    t = inst.teacher
+    return isinstance(t, CopyTeacher) or (isinstance(t, LatentStrategyTeacher) and not t.disjoint)
+
+
+@given(st.one_of(extreme_instances(kinds=("latent", "copy")), latent_instances(), copy_instances(),
+                 graph_instances().map(lambda pair: pair[0])))
+def test_fast_paths_equal_the_previous_implementation(inst):
+    """Posterior classes + scaled BLAS (overlapping latent) and the closed forms (copy) against the
+    previous per-demonstration stream: zeros, 1e-300 masses, eps and lam in {0, 1}, random trees."""
+    if _overlapping_or_copy(inst):
+        assert same_as_previous(inst.teacher, inst.log_demos, inst.tree)
+
+
+def _underflow_teacher():
+    """Two strategies whose laws differ by e^-1000: the posterior of y0 gives strategy 1 weight e^-1000,
+    and T(y1 | y0) = e^-1000·(P_0 part) + e^-1000·(P_1 part): every probability-space factor underflows."""
+    log_P = np.array([[0.0, -1000.0, -1000.0], [-1000.0, 0.0, -1000.0]])
+    log_P -= logsumexp(log_P, axis=1, keepdims=True)
+    return LatentStrategyTeacher(np.log([0.5, 0.5]), log_P, 0.0)
+
+
+def test_underflowed_products_are_redone_in_log_space():
+    t = _underflow_teacher()
+    from graphworld import PrefixTree
+    tree, log_D = PrefixTree.flat(3), np.log([0.5, 0.5, 0.0])
+    e = expected_log_teacher(t, log_D, tree)
+    assert np.all(np.isfinite(e[1:])) and same_as_previous(t, log_D, tree)
+
+
+def test_sabotage_no_log_space_redo_is_caught(monkeypatch):
+    monkeypatch.setattr(teachers_mod, "UNDERFLOW", 0.0)
+    from graphworld import PrefixTree
+    assert not same_as_previous(_underflow_teacher(), np.log([0.5, 0.5, 0.0]), PrefixTree.flat(3))
+
+
+def _distinct_posteriors():
+    rng = np.random.default_rng(3)
+    n, K = 30, 3
+    t = LatentStrategyTeacher(np.log([0.5, 0.3, 0.2]), np.log(rng.dirichlet(np.ones(n), size=K)), 0.05)
+    from graphworld import PrefixTree
+    return t, t.log_base - logsumexp(t.log_base), PrefixTree.flat(n)
+
+
+def test_sabotage_posteriors_merged_too_coarsely_are_caught(monkeypatch):
+    t, log_D, tree = _distinct_posteriors()
+    assert same_as_previous(t, log_D, tree)
+    monkeypatch.setattr(teachers_mod, "POSTERIOR_DECIMALS", 0)  # merges posteriors that differ by < 0.5 in log q
+    assert not same_as_previous(t, log_D, tree)
+
+
+@given(graph_instances(teacher={"kind": "soft_route", "eps": 0.1, "sharpness": 2.0}))
+def test_a_soft_route_teacher_has_one_posterior_class_per_route(pair):
+    inst, rollouts = pair
+    log_w, _ = inst.teacher.posterior_classes(inst.log_demos)
+    routes = np.unique(rollouts.route[np.isfinite(inst.log_demos)])
+    assert len(log_w) == len(routes)
+    assert np.isclose(logsumexp(log_w), logsumexp(inst.log_demos[np.isfinite(inst.log_demos)]), atol=1e-12)
+
+
+def _tiny_outside_mass():
+    """root → a → {y0, y1}, root → y2 with π0(a) = 1e-300 and a demonstration of mass 1e-300 outside a:
+    at y1 the outside term D_out(a)·π0(y1)/π0(a) is as large as the inside one."""
+    from graphworld import PrefixTree
+    tree = PrefixTree(np.array([-1, 0, 0, 1, 1]), np.array([3, 4, 2]))
+    log_base = np.array([np.log(5e-301), np.log(5e-301), 0.0])
+    return CopyTeacher(log_base, 0.5), np.array([0.0, -np.inf, np.log(1e-300)]), tree
+
+
+def test_copy_token_mixture_keeps_a_1e300_demonstration_outside_the_prefix():
+    t, log_D, tree = _tiny_outside_mass()
+    assert same_as_previous(t, log_D, tree)
+
+
+def test_sabotage_outside_mass_by_subtraction_is_caught(monkeypatch):
+    def by_subtraction(tree, log_D):  # Σ D − D(h): loses the 1e-300 demonstration next to a mass of 1
+        d = tree.prefix_logsumexp(log_D)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(d < d[0], d[0] + np.log1p(-np.exp(d - d[0])), -np.inf)
+    monkeypatch.setattr(teachers_mod, "_mass_outside", by_subtraction)
+    t, log_D, tree = _tiny_outside_mass()
+    assert not same_as_previous(t, log_D, tree)

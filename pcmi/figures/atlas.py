@@ -77,8 +77,7 @@ def draw(data):
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(tried > 0, held / np.where(tried > 0, tried, 1), np.nan)
     fig, ax = new_figure(1, width=max(7.0, 1.15 * len(data["columns"])), height=1.0 + 0.55 * len(data["checks"]))
-    cmap = __import__("matplotlib").colormaps["RdYlGn"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = __import__("matplotlib").colormaps["RdYlGn"].with_extremes(bad="#dddddd")
     ax.imshow(np.ma.masked_invalid(rate), cmap=cmap, vmin=0.5, vmax=1.0, aspect="auto")
     for i in range(rate.shape[0]):
         for j in range(rate.shape[1]):
