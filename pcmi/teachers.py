@@ -135,8 +135,7 @@ class LatentStrategyTeacher:
         log_base, labels = np.asarray(log_base, float), np.asarray(labels)
         if labels.shape != log_base.shape:
             raise PcmiInputError(f"got {len(labels)} route labels for {len(log_base)} rollouts")
-        _, label_idx = np.unique(labels, return_inverse=True)
-        label_idx = label_idx.reshape(-1)
+        label_idx = _dense_labels(labels)
         mass = _group_logsumexp(log_base, label_idx, int(label_idx.max(initial=-1)) + 1)
         keep = np.isfinite(mass)  # a label class with zero mass is no strategy
         new = np.where(keep, np.cumsum(keep) - 1, -1)
@@ -444,9 +443,12 @@ def _weighted(w: np.ndarray, log_t: np.ndarray, present=None) -> np.ndarray:
     """w·log_t with 0·(−inf) = 0 (a demonstration of weight 0 costs nothing); `present` marks the
     weights that are exactly positive (default w > 0), so that an underflowed weight still gives −inf."""
     present = w > 0 if present is None else np.asarray(present, bool)
-    with np.errstate(invalid="ignore"):
-        val = np.where(np.isneginf(log_t), -np.inf, w * log_t)
-    return np.where(present, val, 0.0)
+    shape = np.broadcast_shapes(np.shape(w), np.shape(log_t), present.shape)
+    zero = np.isneginf(log_t)
+    out = np.zeros(shape)
+    np.multiply(w, log_t, out=out, where=present & ~zero)
+    out[np.broadcast_to(present & zero, shape)] = -np.inf
+    return out
 
 
 def expected_log_teacher(teacher, log_D, tree: PrefixTree) -> np.ndarray:
@@ -502,9 +504,13 @@ def _group_logsumexp(values: np.ndarray, groups: np.ndarray, n_groups: int) -> n
     finite = np.isfinite(values)
     if not finite.any():
         return np.full(n_groups, -np.inf)
-    top = values[finite].max()
-    s = np.bincount(groups[finite], weights=np.exp(values[finite] - top), minlength=n_groups)
-    present = np.bincount(groups[finite], minlength=n_groups) > 0
+    if finite.all():
+        g, v = groups, values
+    else:
+        g, v = groups[finite], values[finite]
+    top = v.max()
+    s = np.bincount(g, weights=np.exp(v - top), minlength=n_groups)
+    present = np.bincount(g, minlength=n_groups) > 0
     low = present & (s < 1e-250)  # far below the global maximum: shift these by their own maximum
     with np.errstate(divide="ignore"):
         out = np.where(present, top + np.log(s), -np.inf)
@@ -525,6 +531,9 @@ class _StrategyNodes:
     def __init__(self, teacher, tree: PrefixTree):
         K = teacher.n_strategies
         leaf_owner = teacher._owner
+        if _is_flat(tree):  # one token per rollout: the root is the only prefix that can be shared
+            self._flat(teacher, tree, K)
+            return
         lo = np.full(tree.n_nodes, K, np.int64)
         hi = np.full(tree.n_nodes, -1, np.int64)
         lo[tree.leaf_node] = np.where(leaf_owner >= 0, leaf_owner, K)
@@ -547,11 +556,40 @@ class _StrategyNodes:
                 np.logaddexp.at(acc, pos[tree.parent[cs]], acc[pos[cs]])
         self.mixed_log_p = acc
 
+    def _flat(self, teacher, tree: PrefixTree, K: int):
+        leaf_owner, leaf_log_p = teacher._owner, teacher._log_p_own()
+        self.owner = np.empty(tree.n_nodes, np.int64)
+        self.owner[tree.leaf_node] = leaf_owner
+        used = np.flatnonzero(np.bincount(leaf_owner[leaf_owner >= 0], minlength=K))
+        self.owner[0] = -1 if len(used) == 0 else (used[0] if len(used) == 1 else -2)
+        self.own_log_p = np.empty(tree.n_nodes)
+        self.own_log_p[tree.leaf_node] = leaf_log_p
+        self.own_log_p[0] = logsumexp(leaf_log_p) if self.owner[0] >= 0 else -np.inf  # used only where owned
+        self.mixed = np.flatnonzero(self.owner[:1] == -2)
+        on = leaf_owner >= 0
+        self.mixed_log_p = _group_logsumexp(leaf_log_p[on], leaf_owner[on], K)[None, :] if len(self.mixed) \
+            else np.full((0, K), -np.inf)
+
     def log_p(self, z: int) -> np.ndarray:
         """log P_z(h) on every node."""
         out = np.where(self.owner == z, self.own_log_p, -np.inf)
         out[self.mixed] = self.mixed_log_p[:, z]
         return out
+
+
+def _dense_labels(labels: np.ndarray) -> np.ndarray:
+    """The rank of each label among the distinct labels (np.unique's inverse), in O(n) for small
+    non-negative integer labels."""
+    if np.issubdtype(labels.dtype, np.integer) and labels.size and labels.min() >= 0 and labels.max() < 4 * labels.size:
+        used = np.bincount(labels.reshape(-1)) > 0
+        return (np.cumsum(used) - 1)[labels.reshape(-1)]
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)
+
+
+def _is_flat(tree: PrefixTree) -> bool:
+    """Every rollout is one token below the root, and every node but the root is a rollout."""
+    return tree.n_nodes == tree.n_leaves + 1 and int(tree.depth.max(initial=0)) <= 1 and \
+        bool(np.all(np.bincount(tree.leaf_node, minlength=tree.n_nodes)[1:] == 1))
 
 
 def _strategy_nodes(teacher, tree: PrefixTree) -> _StrategyNodes:

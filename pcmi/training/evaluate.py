@@ -20,11 +20,16 @@ from .rollouts import prompt_ids
 class ModelPolicy:
     """graphworld policy adapter: next_logprobs(task, paths) from the network with a fixed context
     ("[DEMO y' SEP] BOS s t" or "FB w SEP BOS s t"); tokens = graph nodes, STOP, and FAIL pooling the
-    other specials (BOS/SEP/DEMO, and FB where the vocabulary has it)."""
+    other specials (BOS/SEP/DEMO, and FB where the vocabulary has it).
+
+    With kv_cache (default) the context is encoded once, and a call whose paths all extend prefixes
+    of the previous call runs one token per path on its parent's cache row (the per-level enumeration
+    asks exactly this); any other call runs the paths' moves on the context's cache. kv_cache=False:
+    the full forward over context ‖ moves for every path (the reference)."""
     has_stop = True
 
-    def __init__(self, model, world, prompt: int, demo=None, device="cpu", feedback=None):
-        self.model, self.world = model, world
+    def __init__(self, model, world, prompt: int, demo=None, device="cpu", feedback=None, kv_cache=True):
+        self.model, self.world, self.kv_cache = model, world, kv_cache
         if feedback is None:
             self.ctx = prompt_ids(world, [prompt], None if demo is None else [demo], device=device)[0]
         else:
@@ -35,26 +40,77 @@ class ModelPolicy:
         self.keys = list(v.nodes) + [STOP]
         self.key_ids = list(range(v.n_nodes)) + [v.special("STOP")]
         self.fail_ids = [v.special(n) for n in v.specials if n != "STOP"]
+        self._ctx_state = None  # (logits (1, V) after the context, its cache (1 row))
+        self._level = None      # ({prefix: cache row}, cache) of the previous call's paths
+
+    def _moves(self, paths, last_only: bool = False) -> torch.Tensor:
+        """Token ids of the moves p[1:] (the context ends with the source): (B, depth), or (B, 1)
+        of the last move."""
+        v = self.world.vocab
+        return torch.tensor([[v.node_id(u) for u in (p[-1:] if last_only else p[1:])] for p in paths],
+                            dtype=torch.long, device=self.ctx.device).view(len(paths), -1)
+
+    def _full_logits(self, paths) -> torch.Tensor:
+        """logits (B, V) of the next token after context ‖ p[1:], one full forward pass."""
+        ids = torch.cat([self.ctx.expand(len(paths), -1), self._moves(paths)], dim=1)  # (B, Tc + depth)
+        return self.model(ids)[:, -1]
+
+    def _cached_logits(self, paths) -> torch.Tensor:
+        """logits (B, V) after context ‖ p[1:] from the KV cache; keeps this call's cache for the next."""
+        if self._ctx_state is None:
+            logits, cache = self.model(self.ctx[None], return_cache=True)
+            self._ctx_state = (logits[:, -1], cache)
+        B = len(paths)
+        row_of, level = self._level if self._level is not None else ({}, None)
+        parents = [row_of.get(tuple(p[:-1])) for p in paths]
+        self._level = None  # free the previous level once its rows are gathered
+        if level is not None and len(paths[0]) > 1 and None not in parents:
+            past = self._parent_cache(level, parents)
+            new = self._moves(paths, last_only=True)                       # (B, 1)
+        else:                                                              # from the context
+            ctx_logits, ctx_cache = self._ctx_state
+            past = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in ctx_cache]
+            new = self._moves(paths)                                       # (B, depth)
+            if new.shape[1] == 0:
+                self._level = ({tuple(p): i for i, p in enumerate(paths)}, past)
+                return ctx_logits.expand(B, -1)
+        logits, cache = self.model(new, past=past, return_cache=True)
+        self._level = ({tuple(p): i for i, p in enumerate(paths)}, cache)
+        return logits[:, -1]
+
+    def _parent_cache(self, level, rows: list[int]):
+        """The cache of each path's parent prefix: per layer (k[rows], v[rows]), (B, n_head, P, head_dim)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
+        return [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in level]
 
     @torch.no_grad()
     def next_logprobs(self, task, paths) -> list[dict]:
-        v = self.world.vocab
-        rows = torch.tensor([[v.node_id(u) for u in p[1:]] for p in paths], dtype=torch.long,
-                            device=self.ctx.device).view(len(paths), -1)           # (B, depth)
-        ids = torch.cat([self.ctx.expand(len(paths), -1), rows], dim=1)             # (B, Tc + depth)
-        lp = torch.log_softmax(self.model(ids)[:, -1].double(), dim=-1).cpu().numpy()  # (B, V)
+        """[{token: log π_θ(token | context ‖ path)}] per path, FAIL = log Σ of the other specials."""
+        if not paths:
+            return []
+        if len({len(p) for p in paths}) > 1:  # mixed depths (graphworld never asks): one call per depth
+            out = [None] * len(paths)
+            for n in sorted({len(p) for p in paths}):
+                idx = [i for i, p in enumerate(paths) if len(p) == n]
+                for i, d in zip(idx, self.next_logprobs(task, [paths[i] for i in idx])):
+                    out[i] = d
+            return out
+        logits = self._cached_logits(paths) if self.kv_cache else self._full_logits(paths)
+        lp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()      # (B, V)
+        fail = logsumexp(lp[:, self.fail_ids], axis=1).tolist()             # (B,)
         out = []
-        for row in lp:
-            d = dict(zip(self.keys, row[self.key_ids].tolist()))
-            d[FAIL] = float(logsumexp(row[self.fail_ids]))
+        for row, f in zip(lp[:, self.key_ids].tolist(), fail):
+            d = dict(zip(self.keys, row))
+            d[FAIL] = f
             out.append(d)
         return out
 
 
-def enumerate_model(model, world, prompt: int, demo=None, device="cpu", feedback=None):
-    """Y(x) with exact log π_θ(y | x [, y' | FB w])."""
+def enumerate_model(model, world, prompt: int, demo=None, device="cpu", feedback=None, kv_cache=True):
+    """Y(x) with exact log π_θ(y | x [, y' | FB w]); kv_cache: one token per path per tree level."""
     model.eval()
-    return enumerate_rollouts(world.laws[prompt].task, ModelPolicy(model, world, prompt, demo, device, feedback))
+    return enumerate_rollouts(world.laws[prompt].task,
+                              ModelPolicy(model, world, prompt, demo, device, feedback, kv_cache))
 
 
 def _same_tree(a, b) -> None:
