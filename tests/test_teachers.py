@@ -590,3 +590,50 @@ def test_sabotage_outside_mass_by_subtraction_is_caught(monkeypatch):
     monkeypatch.setattr(teachers_mod, "_mass_outside", by_subtraction)
     t, log_D, tree = _tiny_outside_mass()
     assert not same_as_previous(t, log_D, tree)
+
+
+def flat_equals_general(t, log_D, tree, tol=1e-12) -> bool:
+    """The flat tree's strategy nodes (no tree reductions) give what the general path gives."""
+    from unittest import mock
+    fs = (expected_log_teacher, mixture_log_teacher, token_mixture_log)
+    t._nodes_cache = None
+    fast = [f(t, log_D, tree) for f in fs]
+    with mock.patch.object(teachers_mod, "_is_flat", lambda tree: False):
+        t._nodes_cache = None
+        slow = [f(t, log_D, tree) for f in fs]
+    t._nodes_cache = None
+    for a, b in zip(fast, slow):
+        if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+            return False
+        m = np.isfinite(a)
+        if np.any(np.abs(a[m] - b[m]) > tol * np.maximum(1.0, np.abs(b[m]))):
+            return False
+    return True
+
+
+@given(st.one_of(extreme_instances(kinds=("route_copying",)), route_copying_instances(all_correct=False)))
+def test_flat_route_copying_path_equals_the_general_tree_path(inst):
+    """On a flat tree the strategy nodes skip the tree reductions; the general path (the previous
+    implementation on every tree) must agree to 1e-12."""
+    assert flat_equals_general(inst.teacher, inst.log_demos, inst.tree)
+
+
+def test_sabotage_flat_root_owned_by_the_first_strategy_is_caught(monkeypatch):
+    """A flat path that gives the root to one strategy (not shared) fails the comparison above."""
+    from graphworld import PrefixTree
+    t = LatentStrategyTeacher.route_copying(np.log([0.25] * 4), np.array([0, 0, 1, 1]), 0.1)
+    log_D, tree = np.log([0.5, 0.0, 0.5, 0.0]), PrefixTree.flat(4)
+    assert flat_equals_general(t, log_D, tree)
+    original = teachers_mod._StrategyNodes._flat
+
+    def wrong(self, teacher, tree, K):
+        original(self, teacher, tree, K)
+        self.owner[0], self.mixed, self.mixed_log_p = 0, np.zeros(0, np.int64), np.full((0, K), -np.inf)
+    monkeypatch.setattr(teachers_mod._StrategyNodes, "_flat", wrong)
+    assert not flat_equals_general(t, log_D, tree)
+
+
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=40) | st.lists(st.integers(-5, 10**9), min_size=1, max_size=10))
+def test_dense_labels_rank_like_unique(labels):
+    labels = np.array(labels)
+    assert np.array_equal(teachers_mod._dense_labels(labels), np.unique(labels, return_inverse=True)[1].reshape(-1))
