@@ -3,8 +3,11 @@
 The level-wise path that Markov policies take (one numpy pass per tree level, paths as parent
 pointers) against the generic per-prefix loop (one policy call and Python bookkeeping per prefix) on
 the same graph and policy, in one run; and the level-wise path on a 10⁶-path graph.
-`python benchmarks/bench_enumeration.py` prints the 10⁶-path time and peak traced memory.
+`python benchmarks/bench_enumeration.py` prints the 10⁶-path time and peak traced memory (tracemalloc
+peak over the whole enumerate call), the part of it the result keeps, and the load average (numbers in
+docs/performance.md: 2-core Intel Xeon, shared).
 """
+import os
 import time
 import tracemalloc
 
@@ -54,11 +57,13 @@ def main():
     t0 = time.perf_counter()
     ro = gw.enumerate_rollouts(task, gw.EdgePolicy(goal_aware=True), max_leaves=2_000_000)
     dt = time.perf_counter() - t0
+    del ro
     tracemalloc.start()
-    gw.enumerate_rollouts(task, gw.EdgePolicy(goal_aware=True), max_leaves=2_000_000)
-    _, peak = tracemalloc.get_traced_memory()
+    ro = gw.enumerate_rollouts(task, gw.EdgePolicy(goal_aware=True), max_leaves=2_000_000)
+    kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"{len(ro)} paths, {ro.tree.n_nodes} tree nodes: {dt:.2f} s, peak traced memory {peak / 1e6:.0f} MB")
+    print(f"{len(ro)} paths, {ro.tree.n_nodes} tree nodes: {dt:.2f} s, peak traced memory {peak / 1e6:.0f} MB "
+          f"({kept / 1e6:.0f} MB kept in the result); load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Per-row time of `pcmi verify` at its default size: `python benchmarks/bench_verify.py [EXAMPLES]`.
+"""Per-row time of `pcmi verify` at its default size: `python benchmarks/bench_verify.py [EXAMPLES] [ROW ...]`.
 
-Runs each row of pcmi.verify.ROWS on its own random stream, exactly as `pcmi verify` does, and prints
-the seconds per row, the held count and the total (the symbolic proofs apart)."""
+Runs each row of pcmi.verify.ROWS (or only the rows named, e.g. `200 P2 P5 P6`) on its own random
+stream, exactly as `pcmi verify` does, and prints the seconds per row, the held count and the total
+(the symbolic proofs apart, and only when every row runs). Machine for the numbers in
+docs/performance.md: 2-core Intel Xeon, shared (state the load, `uptime`, with any new numbers)."""
 import sys
 import time
 
@@ -12,18 +14,22 @@ from pcmi.symbolic import all_proofs
 from pcmi.verify import ROWS
 
 
-def main(examples: int = 200, seed: int = 0):
+def main(examples: int = 200, seed: int = 0, rows=None):
     total = 0.0
     for i, (name, kind, _, make, check) in enumerate(ROWS):
+        if rows and name not in rows:
+            continue
         t0 = time.perf_counter()
         r = P.search_counterexamples(name, kind, make, check, examples, np.random.default_rng([seed, i]))
         dt = time.perf_counter() - t0
         total += dt
         print(f"{name:12s} {dt:6.2f} s   held {r.held}/{r.tried}")
-    t0 = time.perf_counter()
-    all_proofs()
-    print(f"{'symbolic':12s} {time.perf_counter() - t0:6.2f} s\nrows total   {total:6.2f} s")
+    if not rows:
+        t0 = time.perf_counter()
+        all_proofs()
+        print(f"{'symbolic':12s} {time.perf_counter() - t0:6.2f} s")
+    print(f"rows total   {total:6.2f} s")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, rows=set(sys.argv[2:]))

@@ -34,17 +34,21 @@ class PrefixTree:
     def __post_init__(self):
         self.parent = np.asarray(self.parent, dtype=np.int64)
         self.leaf_node = np.asarray(self.leaf_node, dtype=np.int64)
-        if self.parent[0] != -1 or np.any(self.parent[1:] >= np.arange(1, len(self.parent))):
+        if self.parent[0] != -1 or _any_in_blocks(self.parent, lambda c, p: p >= c):
             raise GraphworldError("prefix tree nodes must be numbered parents-first")
         if self.depth is None:
             self.depth = _depths(self.parent)
         else:
             self.depth = np.asarray(self.depth, dtype=np.int64)
-            if self.depth.shape != self.parent.shape or self.depth[0] != 0 or \
-                    np.any(self.depth[1:] != self.depth[self.parent[1:]] + 1):
+            depth = self.depth
+            if depth.shape != self.parent.shape or depth[0] != 0 or \
+                    _any_in_blocks(self.parent, lambda c, p: depth[c] != depth[p] + 1):
                 raise GraphworldError("prefix tree depths must be 0 at the root and parent's depth + 1 elsewhere")
         depth = self.depth
-        order = np.argsort(depth, kind="stable")
+        if np.all(depth[1:] >= depth[:-1]):  # breadth-first numbering: the levels are ranges
+            order = np.arange(len(depth))
+        else:
+            order = np.argsort(depth, kind="stable")
         self._levels = np.split(order, np.cumsum(np.bincount(depth))[:-1])
 
     @classmethod
@@ -122,6 +126,18 @@ class PrefixTree:
         out = np.full(self.n_nodes, -np.inf)
         np.logaddexp.at(out, self.parent[1:], np.asarray(node_log, dtype=float)[1:])
         return out
+
+
+_BLOCK = 1 << 16  # nodes handled at once where a whole-tree temporary is not needed
+
+
+def _any_in_blocks(parent: np.ndarray, bad) -> bool:
+    """Whether bad(c, parent[c]) holds for any non-root node c, judged _BLOCK nodes at a time."""
+    for lo in range(1, len(parent), _BLOCK):
+        c = np.arange(lo, min(lo + _BLOCK, len(parent)))
+        if np.any(bad(c, parent[c])):
+            return True
+    return False
 
 
 def _depths(parent: np.ndarray) -> np.ndarray:
@@ -328,9 +344,102 @@ def _segment_logsumexp(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return m + np.log(np.add.reduceat(np.exp(x - m[seg]), starts))
 
 
+@dataclass
+class _MarkovWorld:
+    """Per token id (graph nodes 0..V−1, then STOP = V) what a level needs: the policy's CSR action
+    table (off, acts, lps), is_edge per action, and concept label, distance to t, out-degree per token."""
+    off: np.ndarray
+    acts: np.ndarray
+    lps: np.ndarray
+    is_edge: np.ndarray
+    concept: np.ndarray
+    dist_t: np.ndarray
+    outdeg: np.ndarray
+    t_id: int
+    stop_id: int
+    L: int
+    has_stop: bool
+    pool_failures: bool
+
+
+def _children(w: _MarkovWorld, f_cur: np.ndarray, f_z: np.ndarray, d: int):
+    """The children of the open prefixes (last token f_cur, route label f_z, d moves made), numbered
+    as the per-prefix loop numbers them: per prefix its continuing and successful moves in action
+    order, then one pooled failure leaf per route label in label order.
+    Returns (rep, tok, log_cond, label, code): the child's prefix (index into f_cur), token id
+    (FAIL = stop_id + 1, FAIL:z = stop_id + 2 + z), log π0(tok | prefix), route label, outcome code."""
+    off = w.off
+    deg = off[f_cur + 1] - off[f_cur]
+    rep = np.repeat(np.arange(len(f_cur)), deg)
+    pos = np.arange(len(rep)) - np.repeat(np.cumsum(deg) - deg, deg)
+    a = off[f_cur][rep] + pos
+    k, lc, zh = w.acts[a], w.lps[a], f_z[rep]
+    stop = k == w.stop_id
+    z = np.where((zh != -1) | stop, zh, w.concept[k])
+    code = _outcome_codes(k, ~w.is_edge[a], f_cur[rep] == w.t_id, w.dist_t[k], w.outdeg[k], k == w.t_id, stop,
+                          d, w.L, w.has_stop)
+    if not w.pool_failures:
+        return rep, k, lc, z, code
+    pooled = (code != _CONTINUE) & (code != 0)
+    if not pooled.any():  # (rep, pos) already increase lexicographically: the order below is the identity
+        return rep, k, lc, z, code
+    keep = ~pooled
+    # pooled failures: one leaf per (prefix, label), in label order, after the prefix's other children
+    pr, pz, plc = rep[pooled], z[pooled], lc[pooled]
+    o = np.lexsort((pz, pr))
+    pr, pz, plc = pr[o], pz[o], plc[o]
+    starts = np.flatnonzero(np.r_[True, (pr[1:] != pr[:-1]) | (pz[1:] != pz[:-1])])
+    plc, pr, pz = _segment_logsumexp(plc, starts), pr[starts], pz[starts]
+    new_rep = np.r_[rep[keep], pr]
+    group = np.r_[np.zeros(int(keep.sum()), np.int64), np.ones(len(pr), np.int64)]
+    within = np.r_[pos[keep], pz]
+    order = np.lexsort((within, group, new_rep))
+    fail_id = w.stop_id + 1
+    n_rep = new_rep[order]
+    n_tok = np.r_[k[keep], np.full(len(pr), fail_id, k.dtype)][order]
+    n_lc = np.r_[lc[keep], plc][order]
+    n_z = np.r_[z[keep], pz][order]
+    n_code = np.r_[code[keep], np.full(len(pr), _CODES.index("fail"), code.dtype)][order]
+    # a FAIL:z leaf (its walks enter route z from an unlabelled prefix) gets the token id FAIL_ID + 1 + z
+    n_tok = np.where((n_tok == fail_id) & (n_z != f_z[n_rep]), fail_id + 1 + n_z, n_tok).astype(k.dtype)
+    return n_rep, n_tok, n_lc, n_z, n_code
+
+
+def _blocks(deg: np.ndarray):
+    """Consecutive ranges [lo, hi) of the open prefixes, each with at most _BLOCK prefixes and
+    (unless one prefix alone has more) at most _BLOCK actions in all: deg[i] actions at prefix i."""
+    cum = np.cumsum(deg)
+    lo = 0
+    while lo < len(deg):
+        base = int(cum[lo - 1]) if lo else 0
+        hi = int(np.searchsorted(cum, base + _BLOCK, side="right"))
+        hi = min(max(hi, lo + 1), lo + _BLOCK)
+        yield lo, hi
+        lo = hi
+
+
+def _level_leaves(made: list, stuck: list) -> tuple:
+    """One tree level's leaves (node ids, outcome codes, log π0, route labels) in node order: the
+    leaves made with the level (parts in node order) merged with its stuck prefixes (likewise)."""
+    cols = [np.concatenate(c) for c in zip(*(made + stuck))]
+    if stuck:
+        o = np.argsort(cols[0], kind="stable")
+        cols = [c[o] for c in cols]
+    return tuple(cols)
+
+
+def _object_list(table: np.ndarray, idx: np.ndarray) -> list:
+    """table[idx].tolist(), _BLOCK entries at a time (no object array of len(idx) at once)."""
+    out = [None] * len(idx)
+    for lo in range(0, len(idx), _BLOCK):
+        out[lo:lo + _BLOCK] = table[idx[lo:lo + _BLOCK]].tolist()
+    return out
+
+
 def _enumerate_markov(task: Task, policy, table, pool_failures: bool, cap: int) -> RolloutSet:
+    """Breadth first, one level at a time and _BLOCK open prefixes at a time (which bounds the
+    temporaries); a leaf's log π0 is its parent's plus log π0(token | parent), the sum path_sum makes."""
     g, t, L = task.graph, task.target, task.max_len
-    has_stop = bool(getattr(policy, "has_stop", True))
     nodes, index, off, acts, lps = table
     V = len(nodes)
     STOP_ID, FAIL_ID = V, V + 1
@@ -339,99 +448,100 @@ def _enumerate_markov(task: Task, policy, table, pool_failures: bool, cap: int) 
     # per token id (nodes, then STOP): concept label, distance to t, out-degree
     concept = np.array([-1 if g.nodes[v].get("concept") is None else int(g.nodes[v]["concept"]) for v in nodes]
                        + [-1], np.int32)
-    dist_t = np.array([dist.get(v, np.inf) for v in nodes] + [np.inf])
-    outdeg = np.array([g.out_degree(v) for v in nodes] + [0], np.int64)
     src = np.repeat(np.arange(V), np.diff(off))
-    is_edge = np.array([a == STOP_ID or g.has_edge(nodes[u], nodes[a]) for u, a in zip(src, acts)], bool)
-    t_id = index[t]
+    w = _MarkovWorld(off, acts, lps,
+                     np.array([a == STOP_ID or g.has_edge(nodes[u], nodes[a]) for u, a in zip(src, acts)], bool),
+                     concept, np.array([dist.get(v, np.inf) for v in nodes] + [np.inf]),
+                     np.array([g.out_degree(v) for v in nodes] + [0], np.int64), index[t], STOP_ID, L,
+                     bool(getattr(policy, "has_stop", True)), pool_failures)
 
-    par, tok, lcond, label = [np.array([-1])], [np.array([index[task.source]])], [np.zeros(1)], \
-        [np.array([concept[index[task.source]]])]
-    level = [np.zeros(1, np.int32)]
-    leaf_ids, leaf_code = [], []
-    f_node, f_cur, f_z = np.array([0]), np.array([index[task.source]]), label[0].copy()
+    s_id = index[task.source]
+    # per node, in node order (chunks): parent, token id, log π0(token | parent); nodes per level
+    par, tok, lcond, level_size = [np.array([-1])], [np.array([s_id], np.int32)], [np.zeros(1)], [1]
+    leaves = []      # per level (node order): (node ids, outcome codes, log π0, route labels)
+    made = []        # the leaves made with the level being expanded (they join its stuck prefixes)
+    # the open prefixes of the level being expanded: node id, last token, route label, log π0
+    f_node, f_cur, f_z, f_logp = np.array([0]), np.array([s_id], np.int32), concept[[s_id]], np.zeros(1)
+    max_label = int(f_z[0])
     n_nodes, n_leaves, d = 1, 0, 0
+    dead_end = _CODES.index("dead_end")
     while len(f_node):
-        deg = off[f_cur + 1] - off[f_cur]
-        stuck = deg == 0  # no action at all: the walk is stuck here
-        leaf_ids.append(f_node[stuck])
-        leaf_code.append(np.full(int(stuck.sum()), _CODES.index("dead_end")))
-        rep = np.repeat(np.arange(len(f_node)), deg)
-        pos = np.arange(len(rep)) - np.repeat(np.cumsum(deg) - deg, deg)
-        a = off[f_cur][rep] + pos
-        k, lc, zh = acts[a], lps[a], f_z[rep]
-        z = np.where((zh != -1) | (k == STOP_ID), zh, concept[k])
-        stop = k == STOP_ID
-        code = _outcome_codes(k, ~is_edge[a], f_cur[rep] == t_id, dist_t[k], outdeg[k], k == t_id, stop,
-                              d, L, has_stop)
-        pooled = (code != _CONTINUE) & (code != 0) if pool_failures else np.zeros(len(k), bool)
-        keep = ~pooled
-        # pooled failures: one leaf per (prefix, label), in label order, after the prefix's other children
-        pr, pz, plc = rep[pooled], z[pooled], lc[pooled]
-        if len(pr):
-            o = np.lexsort((pz, pr))
-            pr, pz, plc = pr[o], pz[o], plc[o]
-            starts = np.flatnonzero(np.r_[True, (pr[1:] != pr[:-1]) | (pz[1:] != pz[:-1])])
-            plc, pr, pz = _segment_logsumexp(plc, starts), pr[starts], pz[starts]
-        new_rep = np.r_[rep[keep], pr]
-        group = np.r_[np.zeros(int(keep.sum()), np.int64), np.ones(len(pr), np.int64)]
-        within = np.r_[pos[keep], pz]
-        order = np.lexsort((within, group, new_rep))
-        n_rep = new_rep[order]
-        n_tok = np.r_[k[keep], np.full(len(pr), FAIL_ID)][order]
-        n_lc = np.r_[lc[keep], plc][order]
-        n_z = np.r_[z[keep], pz][order]
-        n_zh = f_z[n_rep]
-        n_code = np.r_[code[keep], np.full(len(pr), _CODES.index("fail"))][order]
-        ids = n_nodes + np.arange(len(order))
-        is_leaf = n_code != _CONTINUE
-        n_leaves += int(stuck.sum()) + int(is_leaf.sum())
-        if n_leaves + int((~is_leaf).sum()) > cap:  # each open prefix ends in ≥ 1 rollout
-            raise _cap_error(cap, pool_failures)
-        # a FAIL:z leaf (its walks enter route z from an unlabelled prefix) gets the token id FAIL_ID + 1 + z
-        n_tok = np.where((n_tok == FAIL_ID) & (n_z != n_zh), FAIL_ID + 1 + n_z, n_tok)
-        par.append(f_node[n_rep])
-        tok.append(n_tok)
-        lcond.append(n_lc)
-        label.append(n_z)
-        level.append(np.full(len(ids), d + 1, np.int32))
-        leaf_ids.append(ids[is_leaf])
-        leaf_code.append(n_code[is_leaf])
-        n_nodes += len(ids)
-        f_node, f_cur, f_z = ids[~is_leaf], n_tok[~is_leaf], n_z[~is_leaf]
+        nxt, made_next, stuck_leaves, n_open, n_level = [], [], [], 0, 0
+        for lo, hi in _blocks(off[f_cur + 1] - off[f_cur]):
+            fn, fc, fz, flp = (x[lo:hi] for x in (f_node, f_cur, f_z, f_logp))
+            stuck = off[fc + 1] == off[fc]  # no action at all: the walk is stuck here
+            if stuck.any():
+                stuck_leaves.append((fn[stuck], np.full(int(stuck.sum()), dead_end, np.int8), flp[stuck], fz[stuck]))
+            rep, k, lc, z, code = _children(w, fc, fz, d)
+            ids = n_nodes + np.arange(len(rep))
+            with np.errstate(over="ignore"):  # as in path_sum: a sum of log-probabilities may reach −inf
+                logp = lc + flp[rep]
+            is_leaf = code != _CONTINUE
+            n_nodes += len(rep)
+            n_level += len(rep)
+            n_leaves += int(stuck.sum()) + int(is_leaf.sum())
+            n_open += len(rep) - int(is_leaf.sum())
+            # each open prefix, expanded or not yet, ends in ≥ 1 rollout
+            if n_leaves + n_open + (len(f_node) - hi) > cap:
+                raise _cap_error(cap, pool_failures)
+            par.append(fn[rep])
+            tok.append(k)
+            lcond.append(lc)
+            if len(z):
+                max_label = max(max_label, int(z.max()))
+            made_next.append((ids[is_leaf], code[is_leaf].astype(np.int8), logp[is_leaf], z[is_leaf]))
+            op = ~is_leaf
+            nxt.append((ids[op], k[op], z[op], logp[op]))
+            del fn, fc, fz, flp, stuck, rep, k, lc, z, code, ids, logp, is_leaf, op  # views pin the frontier
+        if made or stuck_leaves:
+            leaves.append(_level_leaves(made, stuck_leaves))
+        made = made_next
+        f_node, f_cur, f_z, f_logp = (np.concatenate(c) for c in zip(*nxt))
+        del nxt
+        level_size.append(n_level)
         d += 1
+    leaves.append(_level_leaves(made, []))
+    del made, made_next, f_node, f_cur, f_z, f_logp
 
-    parent, tok, lcond, label, level = (np.concatenate(a) for a in (par, tok, lcond, label, level))
-    del par, f_node, f_cur, f_z
-    leaf_ids, leaf_code = np.concatenate(leaf_ids), np.concatenate(leaf_code).astype(np.int8)
-    o = np.argsort(leaf_ids, kind="stable")
-    leaf_nodes, leaf_code = leaf_ids[o], leaf_code[o]
-    tree = PrefixTree(parent, leaf_nodes, level)
-    n_labels = int(label.max(initial=-1)) + 1
+    leaf_nodes, leaf_code, log_prob, route = (np.concatenate(c) for c in zip(*leaves))
+    del leaves
+    route = route.astype(np.int64)
+    parent = np.concatenate(par)
+    del par
+    lcond = np.concatenate(lcond)
+    tok = np.concatenate(tok)
+    depth = np.repeat(np.arange(len(level_size), dtype=np.int64), level_size)
+    tree = PrefixTree(parent, leaf_nodes, depth)
+    del depth
+    n_labels = max_label + 1
     tok_obj = np.empty(V + 2 + n_labels, dtype=object)
     tok_obj[:V] = nodes
     tok_obj[STOP_ID], tok_obj[FAIL_ID] = STOP, FAIL
     tok_obj[FAIL_ID + 1:] = [fail_token(zz, -1) for zz in range(n_labels)]
     paths = _leaf_paths(tree, tok, leaf_nodes, tok_obj, STOP_ID)
-    node_logp = tree.path_sum(lcond)
-    outcome = np.array(_CODES, dtype=object)[leaf_code].tolist()
+    token = _object_list(tok_obj, tok)
+    del tok
+    outcome = _object_list(np.array(_CODES, dtype=object), leaf_code)
     reward = (leaf_code == 0).astype(np.int64)
-    return RolloutSet(task, tree, tok_obj[tok].tolist(), lcond, paths, node_logp[leaf_nodes], reward,
-                      label[leaf_nodes].astype(np.int64), outcome)
+    return RolloutSet(task, tree, token, lcond, paths, log_prob, reward, route, outcome)
 
 
 def _leaf_paths(tree: PrefixTree, tok: np.ndarray, leaf_nodes: np.ndarray, tok_obj, stop_id: int) -> "LeafPaths":
     """Each leaf's path: the tokens from the root to it, STOP left out (built from parent pointers)."""
-    depth = tree.depth[leaf_nodes]
-    D = int(depth.max(initial=0))
-    ids = np.zeros((len(leaf_nodes), D + 1), np.int32)
-    cur = leaf_nodes.copy()
-    for col in range(D, -1, -1):  # column col: the ancestor at depth col (a row joins at its own depth)
-        on = depth >= col
-        ids[on, col] = tok[cur[on]]
-        cur[on] = tree.parent[cur[on]]
-    length = depth + 1 - (tok[leaf_nodes] == stop_id)
-    return LeafPaths(ids, length.astype(np.int32), tok_obj)
+    n = len(leaf_nodes)
+    D = int(tree.depth[leaf_nodes].max(initial=0))
+    ids = np.zeros((n, D + 1), np.int32)
+    length = np.empty(n, np.int32)
+    for lo in range(0, n, _BLOCK):  # _BLOCK leaves at a time
+        cur = leaf_nodes[lo:lo + _BLOCK]
+        depth, rows = tree.depth[cur], ids[lo:lo + _BLOCK]
+        length[lo:lo + _BLOCK] = depth + 1 - (tok[cur] == stop_id)
+        # column col: the ancestor at depth col (a row joins at its own depth)
+        for col in range(int(depth.max()), -1, -1):
+            on = depth >= col
+            rows[on, col] = tok[cur[on]]
+            cur = np.where(on, tree.parent[cur], cur)
+    return LeafPaths(ids, length, tok_obj)
 
 
 class LeafPaths(Sequence):
@@ -472,7 +582,7 @@ def _outcome_codes(k, invalid, at_target, dist_k, outdeg_k, k_is_target, stop, d
     if not has_stop:
         conds.append((k_is_target, "success"))
     conds.append(((dist_k > L - (d + 1)) | ((not has_stop) & (outdeg_k == 0)), "dead_end"))
-    code = np.full(len(k), _CONTINUE)
+    code = np.full(len(k), _CONTINUE, np.int8)
     for where, name in reversed(conds):  # the first condition that holds wins
         code[where] = _CODES.index(name)
     return code

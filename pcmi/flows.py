@@ -133,6 +133,13 @@ class FixedPoint:
     state: object = None
     natural_residual: float = 0.0  # size of the next natural round: > 0 at a fixed point on the simplex's boundary
     step_tv: float = 0.0           # TV between π* and one full natural round from it (≤ tol when certified)
+    growth: float = 0.0            # per-round growth of a small kick under the rounds (> 1: an unstable point)
+    passed_unstable: list = field(default_factory=list)  # log π of the unstable fixed points the rounds left
+
+    @property
+    def stable(self) -> bool:
+        """A kick of the logits shrinks (or stays) under the rounds: the point attracts them."""
+        return self.growth <= 1 + GROWTH_MARGIN
 
 
     @property
@@ -142,6 +149,7 @@ class FixedPoint:
     def certificate(self) -> dict:
         return {"grad_norm": self.grad_norm, "teacher_gap": self.teacher_gap, "tol": self.tol,
                 "rounds": self.rounds, "natural_residual": self.natural_residual, "step_tv": self.step_tv,
+                "growth": self.growth, "stable": self.stable, "passed_unstable": len(self.passed_unstable),
                 "certified": bool(self.grad_norm <= self.tol and self.teacher_gap <= self.tol
                                   and self.step_tv <= self.tol)}
 
@@ -150,6 +158,11 @@ class FixedPoint:
 MAX_STEP = 4.0
 #: rounds without a new smallest ‖G‖ before the step λ is halved (damping a 2-cycle of the rounds)
 PATIENCE = 40
+#: stability of a certified point: the logits are kicked by KICK (a fixed random direction) and
+#: GROWTH_ROUNDS rounds are run; growth = (TV after / TV before)^(1/GROWTH_ROUNDS)
+KICK, GROWTH_ROUNDS, GROWTH_MARGIN = 1e-5, 10, 1e-3
+#: unstable fixed points the rounds may leave before the solver gives up and returns one (flagged)
+MAX_ESCAPES = 4
 
 
 def natural_residual(policy: TabularPolicy, rep: GradientReport) -> float:
@@ -162,7 +175,7 @@ def natural_residual(policy: TabularPolicy, rep: GradientReport) -> float:
 
 def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau=None, *, tol: float = 1e-10,
                           max_rounds: int = 20000, start: TabularPolicy | None = None, state=None,
-                          demos=None) -> FixedPoint:
+                          demos=None, leave_unstable: bool = False) -> FixedPoint:
     """The on-policy fixed point reached from π0 (or from `start` with teacher state `state`) by
     natural-gradient rounds θ_h ← θ_h − λ·E_D v(h)/p on every reachable prefix (each logit moved
     by at most MAX_STEP; λ = 1 is the token-level optimum round for full α = 1; λ halves when PATIENCE
@@ -170,13 +183,20 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
     top-k set, as the gradient has, so the mass outside it is conserved as under the flow.
     Raises FixedPointError when max_rounds pass without ‖G‖ ≤ tol (and, for live and EMA teachers,
     the teacher's state within tol of the student's). `demos(log π, reward) -> log D` replaces the
-    on-policy D = π(· | r = 1) by another law of the current policy (a remedy's demonstration choice)."""
+    on-policy D = π(· | r = 1) by another law of the current policy (a remedy's demonstration choice).
+
+    Every certified point is kicked (KICK along a fixed random direction) and GROWTH_ROUNDS rounds are
+    run: `growth` > 1 + GROWTH_MARGIN marks an unstable fixed point (`stable` False), such as the
+    symmetric point between two modes that a copy teacher with large lam drives apart; rounds started
+    exactly on it stay there, rounds from any kick leave it. With leave_unstable=True the solver goes on
+    from the kicked rounds to the point they reach (the unstable points passed are in `passed_unstable`;
+    a collapse to a vertex can take many rounds)."""
     mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
     tol, max_rounds = _check_positive(tol, "tol"), _check_count(max_rounds, "max_rounds", 1)
     policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
     state = sched.state0 if state is None else state
     reached_par = np.r_[0, inst.tree.parent[1:]]
-    lam, best, since = 1.0, np.inf, 0
+    lam, best, since, escapes = 1.0, np.inf, 0, []
     for k in range(max_rounds + 1):
         rep = on_policy_step(inst, policy, sched, state, mode, f"round {k}: ", demos)
         norm, gap = rep.norm, sched.gap(state, policy.log_seq)
@@ -186,8 +206,15 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
             step_tv = total_variation(policy.log_seq, policy.with_theta(
                 policy.theta - _natural_move(policy, rep, mode, 1.0, reached_par, clip=False)).log_seq)
             if step_tv <= tol:
-                return FixedPoint(mode, sched.label, policy, norm, gap, k, tol, state,
-                                  natural_residual(policy, rep), step_tv)
+                growth, kicked, kicked_state = _growth(inst, policy, state, sched, mode, lam, reached_par, demos)
+                if growth <= 1 + GROWTH_MARGIN or not leave_unstable or len(escapes) >= MAX_ESCAPES:
+                    return FixedPoint(mode, sched.label, policy, norm, gap, k, tol, state,
+                                      natural_residual(policy, rep), step_tv, growth, escapes)
+                # an unstable fixed point (e.g. the symmetric point between two modes that collapse):
+                # the rounds leave it from any kick, so go on from the kicked trajectory
+                escapes.append(policy.log_seq)
+                policy, state = kicked, kicked_state
+                continue
         if k == max_rounds:
             break
         if norm < best:
@@ -200,6 +227,24 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
         state = sched.update(state, policy.log_seq)
     raise FixedPointError(f"{mode.label} with a {sched.label} teacher did not reach a fixed point in {max_rounds} "
                           f"rounds: gradient norm {norm:.3g}, teacher gap {gap:.3g}, tol {tol:g}")
+
+
+def _growth(inst, policy, state, sched, mode, lam, reached_par, demos):
+    """(growth, policy, state) after GROWTH_ROUNDS rounds (step λ, as the solver's) from the point kicked by
+    KICK along a fixed random direction on the reachable prefixes: growth = (d_K / d_0)^(1/K), d = TV to
+    the point. 0 where the kick does not move the sequence law."""
+    u = np.random.default_rng(0).standard_normal(policy.theta.shape)
+    u = np.where(np.isfinite(policy.log_prefix[reached_par]) & np.isfinite(policy.theta), u, 0.0)
+    u[0] = 0.0
+    kicked, st = policy.with_theta(policy.theta + KICK * u), state
+    d0 = total_variation(policy.log_seq, kicked.log_seq)
+    for _ in range(GROWTH_ROUNDS):
+        rep = on_policy_step(inst, kicked, sched, st, mode, "stability check: ", demos)
+        kicked = kicked.with_theta(kicked.theta - _natural_move(kicked, rep, mode, lam, reached_par))
+        st = sched.update(st, kicked.log_seq)
+    if d0 <= 0:
+        return 0.0, kicked, st
+    return float((total_variation(policy.log_seq, kicked.log_seq) / d0) ** (1 / GROWTH_ROUNDS)), kicked, st
 
 
 def _natural_move(policy: TabularPolicy, rep: GradientReport, mode: LossMode, lam: float, reached_par,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import log_softmax, logsumexp
+from scipy.special import logsumexp
 
 from .distributions import kl, safe_log, total_variation
 from .demonstrations import dstar as dstar_law
@@ -68,9 +68,10 @@ def _demo_weights(inst):
     return D[keep] / D[keep].sum(), independent_teacher_rows(inst)[keep]
 
 
-def independent_expected_log_teacher(inst) -> np.ndarray:
-    """e(y) = Σ_j D_j log T(y | y'_j) over the demonstrations with D_j > 0 (−inf if one rules y out)."""
-    D, rows = _demo_weights(inst)
+def independent_expected_log_teacher(inst, weights=None) -> np.ndarray:
+    """e(y) = Σ_j D_j log T(y | y'_j) over the demonstrations with D_j > 0 (−inf if one rules y out);
+    `weights`: `_demo_weights(inst)` when the caller already has it."""
+    D, rows = _demo_weights(inst) if weights is None else weights
     return (D[:, None] * rows).sum(axis=0)
 
 
@@ -87,9 +88,9 @@ def independent_sdsd(inst) -> np.ndarray:
     return _normalized_exp(independent_expected_log_teacher(inst), "E_D log T(y | y')")
 
 
-def independent_forward(inst) -> np.ndarray:
-    """π_fwd(y) = Σ_j D_j T(y | y'_j), probabilities."""
-    D, rows = _demo_weights(inst)
+def independent_forward(inst, weights=None) -> np.ndarray:
+    """π_fwd(y) = Σ_j D_j T(y | y'_j), probabilities (`weights` as in independent_expected_log_teacher)."""
+    D, rows = _demo_weights(inst) if weights is None else weights
     p = D @ np.exp(rows)
     return p / p.sum()
 
@@ -209,11 +210,41 @@ def minimize_reverse_kl(w, log_T) -> np.ndarray:
     e = (w[:, None] * log_T[:, support]).sum(axis=0)
     m = int(support.sum())
 
-    def parts(v):  # logits u = (0, v): the gauge is fixed, so the Hessian is non-singular
-        log_s = log_softmax(np.r_[0.0, v])
-        s = np.exp(log_s)
-        d = (log_s - e) - s @ (log_s - e)
-        return log_s, s, d
+    fun, jac, hess = reverse_kl_in_logits(e)
+    v = np.zeros(m - 1)
+    for method in ("trust-exact", "trust-krylov", "L-BFGS-B"):  # each polishes the last
+        if m == 1 or np.max(np.abs(jac(v))) < 1e-13:  # ∂F/∂v_y = π_y·(…): π is then exact to ~1e-13
+            break
+        kw = {"hess": hess, "options": {"gtol": 1e-15, "maxiter": 300 if method == "trust-exact" else 60}} \
+            if method != "L-BFGS-B" else \
+            {"options": {"ftol": 1e-300, "gtol": 1e-15, "maxiter": 5000}}
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = minimize(fun, v, jac=jac, method=method, **kw).x
+        except (UnboundLocalError, np.linalg.LinAlgError, ValueError):
+            continue
+    out = np.full(n, -np.inf)
+    out[support] = _log_softmax_gauged(v)
+    return out
+
+
+def reverse_kl_in_logits(e):
+    """(F, ∇F, ∇²F) of F(v) = Σ s log s − s·e with log s = log_softmax(0, v) (the gauge u_0 = 0 makes
+    the Hessian non-singular): with d = (log s − e) − s·(log s − e) and a = s·d,
+    ∂F/∂v_y = a_y and ∂²F/∂v_y∂v_x = 1[x = y]·(a_y + s_y) − a_y s_x − s_y a_x − s_y s_x (y, x ≥ 1).
+    scipy asks for all three at the same v: the softmax parts are computed once per v."""
+    e = np.asarray(e, float)
+    last = {}
+
+    def parts(v):
+        key = np.asarray(v, float).tobytes()
+        if last.get("key") != key:
+            log_s = _log_softmax_gauged(v)
+            s = np.exp(log_s)
+            d = (log_s - e) - s @ (log_s - e)
+            last.clear()
+            last.update(key=key, out=(log_s, s, d))
+        return last["out"]
 
     def fun(v):
         log_s, s, _ = parts(v)
@@ -228,26 +259,25 @@ def minimize_reverse_kl(w, log_T) -> np.ndarray:
         a = s * d
         return (np.diag(a + s) - np.outer(a, s) - np.outer(s, a) - np.outer(s, s))[1:, 1:]
 
-    v = np.zeros(m - 1)
-    for method in ("trust-exact", "trust-krylov", "L-BFGS-B"):  # each polishes the last
-        if m == 1 or np.max(np.abs(jac(v))) < 1e-13:  # ∂F/∂v_y = π_y·(…): π is then exact to ~1e-13
-            break
-        kw = {"hess": hess, "options": {"gtol": 1e-15, "maxiter": 300 if method == "trust-exact" else 60}} \
-            if method != "L-BFGS-B" else \
-            {"options": {"ftol": 1e-300, "gtol": 1e-15, "maxiter": 5000}}
-        try:
-            with np.errstate(invalid="ignore", over="ignore"):
-                v = minimize(fun, v, jac=jac, method=method, **kw).x
-        except (UnboundLocalError, np.linalg.LinAlgError, ValueError):
-            continue
-    out = np.full(n, -np.inf)
-    out[support] = log_softmax(np.r_[0.0, v])
-    return out
+    return fun, jac, hess
 
 
-def numerical_reverse_kl_minimizer(inst: Instance) -> np.ndarray:
-    """The scipy minimizer of E_D KL(π ‖ T(·|y')) over the independently built teacher rows."""
-    D, rows = _demo_weights(inst)
+def _log_softmax_gauged(v) -> np.ndarray:
+    """log softmax(0, v) = u − max u − log Σ exp(u − max u), u = (0, v): the same operations as
+    scipy.special.log_softmax on a 1-d array, without its array-API overhead (~10× faster here)."""
+    u = np.empty(len(v) + 1)
+    u[0] = 0.0
+    u[1:] = v
+    u_max = np.max(u)
+    tmp = u - (u_max if np.isfinite(u_max) else 0.0)
+    with np.errstate(divide="ignore"):
+        return tmp - np.log(np.sum(np.exp(tmp), keepdims=True))
+
+
+def numerical_reverse_kl_minimizer(inst: Instance, weights=None) -> np.ndarray:
+    """The scipy minimizer of E_D KL(π ‖ T(·|y')) over the independently built teacher rows
+    (`weights` as in independent_expected_log_teacher)."""
+    D, rows = _demo_weights(inst) if weights is None else weights
     return minimize_reverse_kl(D, rows)
 
 
@@ -255,9 +285,9 @@ def check_p2(inst: Instance, tol: float = 1e-7, *, sdsd=sdsd_optimum) -> Result:
     """PCMI tilt: argmin_π E_D KL(π ‖ T) equals π0·exp(s)/Z = exp(E_D log T)/Z (checked against
     scipy's minimization of the objective over independently built teacher rows)."""
     closed = sdsd(inst)
-    numeric = numerical_reverse_kl_minimizer(inst)
+    D, rows = weights = _demo_weights(inst)
+    numeric = numerical_reverse_kl_minimizer(inst, weights)
     err = _max_abs(np.exp(closed), np.exp(numeric))
-    D, rows = _demo_weights(inst)
     f_closed = reverse_kl_objective(closed, D, rows)
     f_num = reverse_kl_objective(numeric, D, rows)
     ok = err <= tol and f_closed <= f_num + 1e-10 * (1 + abs(f_num))
@@ -372,15 +402,29 @@ def _ancestors(tree) -> np.ndarray:
     return A
 
 
+def _logsumexp_under(x, A) -> np.ndarray:
+    """log Σ_{leaves i under h} exp x[..., i] for every prefix h, shape (..., N); −inf where all are −inf."""
+    return logsumexp(np.asarray(x, float)[..., :, None] + np.where(A, 0.0, -np.inf), axis=-2)
+
+
+def _logsumexp_children(g, parent) -> np.ndarray:
+    """log Σ_{c : parent(c) = h} exp g(c) for every node h (−inf at a leaf); a NaN g(c) counts as 0."""
+    n = len(g)
+    child_of = np.zeros((n, n), bool)
+    child_of[np.asarray(parent)[1:], np.arange(1, n)] = True
+    return logsumexp(np.where(child_of, np.nan_to_num(np.asarray(g, float), nan=0.0)[None, :], -np.inf), axis=1)
+
+
 def independent_token_level(inst) -> dict:
     """Token-level quantities by brute force over the teacher's rows, from their definitions:
     T(h | y'_j) = Σ_{y under h} T(y | y'_j); g(h·a) = Σ_j D_j log T(a | h, y'_j);
     π_tok(y) = Π_t exp g(h_t·a_t) / Σ_b exp g(h_t·b); Z(h) = Σ_{y under h} Π_{edges below h} exp g;
-    π_SD's reach of h. NaN in g marks prefixes below one that a demonstration rules out."""
+    π_SD's reach of h. NaN in g marks prefixes below one that a demonstration rules out.
+    The sums over the rollouts under h (and over the children of h) are one masked logsumexp each."""
     tree = inst.tree
     D, rows = _demo_weights(inst)
     A = _ancestors(tree)
-    node = np.stack([logsumexp(rows[:, A[:, h]], axis=1) for h in range(tree.n_nodes)], axis=1)  # (J, N)
+    node = _logsumexp_under(rows, A)                      # (J, N): log T(h | y'_j)
     par = tree.parent[1:]
     with np.errstate(invalid="ignore"):
         cond = np.where(np.isfinite(node[:, par]), node[:, 1:] - node[:, par], np.nan)
@@ -388,19 +432,23 @@ def independent_token_level(inst) -> dict:
     kids = [[] for _ in range(tree.n_nodes)]
     for c in range(1, tree.n_nodes):
         kids[tree.parent[c]].append(c)
+    lse_kids = _logsumexp_children(g, tree.parent)        # used only where no child's g is NaN
+    finite_kid = np.zeros(tree.n_nodes, bool)
+    np.logical_or.at(finite_kid, par, np.isfinite(g[1:]))
+    nan_kid = np.zeros(tree.n_nodes, bool)
+    np.logical_or.at(nan_kid, par, np.isnan(g[1:]))
     reach = np.full(tree.n_nodes, -np.inf)
     reach[0] = 0.0
-    for h in range(tree.n_nodes):
+    for h in range(tree.n_nodes):  # parents come before their children
         if not kids[h] or not np.isfinite(reach[h]):
             continue
-        gk = g[kids[h]]
-        if np.isnan(gk).any() or not np.isfinite(gk).any():
+        if nan_kid[h] or not finite_kid[h]:
             raise PcmiInputError("the token-level SDSD optimum is undefined: at a prefix it reaches, "
                                  "every next token is ruled out by some demonstration")
-        reach[kids[h]] = reach[h] + gk - logsumexp(gk)
+        reach[kids[h]] = reach[h] + g[kids[h]] - lse_kids[h]
     e_leaf = (D[:, None] * rows).sum(axis=0)
     log_prefix = (D[:, None] * node).sum(axis=0)        # E_D log T(h | y')
-    L = np.array([logsumexp(e_leaf[A[:, h]]) for h in range(tree.n_nodes)])
+    L = _logsumexp_under(e_leaf, A)                      # log Σ_{y under h} exp E_D log T(y | y')
     with np.errstate(invalid="ignore"):
         log_Z = np.where(np.isfinite(log_prefix), L - log_prefix, np.nan)
     return {"g": g, "kids": kids, "token": np.exp(reach[tree.leaf_node]), "log_Z": log_Z,
@@ -448,12 +496,12 @@ def check_p5(inst: Instance, *, token=sdsd_token_optimum, sequence=sdsd_optimum,
 
 
 # P6 ------------------------------------------------------------------------------------------
-def pcmi_spread(inst) -> float:
+def pcmi_spread(inst, weights=None) -> float:
     """max − min over supp π0 of s(y) = E_D PCMI(y; y'), from the teacher's rows. The instance is
     non-degenerate when it is > 0: then π_SD = π0·exp(s)/Z ≠ π0, since log π_SD − log π0 = s − log Z
-    is not constant on the support."""
+    is not constant on the support (`weights` as in independent_expected_log_teacher)."""
     live = np.isfinite(inst.log_base)
-    s = independent_expected_log_teacher(inst)[live] - inst.log_base[live]
+    s = independent_expected_log_teacher(inst, weights)[live] - inst.log_base[live]
     return float(np.max(s) - np.min(s)) if np.isfinite(s).all() else float("inf")
 
 
@@ -467,11 +515,12 @@ def check_p6(inst: Instance, *, forward=forward_kl_optimum, sdsd=sdsd_optimum) -
         raise PcmiInputError("P6 needs D = π0 (demonstrations from the model's own rollouts, all correct)")
     fwd = forward(inst)
     base = np.exp(inst.log_base)
-    fwd_err = max(_max_abs(np.exp(fwd), base), _max_abs(np.exp(fwd), independent_forward(inst)))
+    weights = _demo_weights(inst)  # the teacher's rows, built once for the three independent routes
+    fwd_err = max(_max_abs(np.exp(fwd), base), _max_abs(np.exp(fwd), independent_forward(inst, weights)))
     sd = sdsd(inst)
-    numeric = numerical_reverse_kl_minimizer(inst)
+    numeric = numerical_reverse_kl_minimizer(inst, weights)
     sd_err = _max_abs(np.exp(sd), np.exp(numeric))
-    spread = pcmi_spread(inst)
+    spread = pcmi_spread(inst, weights)
     non_degenerate = spread > 1e-9
     tv = total_variation(sd, inst.log_base)
     differs = tv > 0

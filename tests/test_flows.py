@@ -213,8 +213,57 @@ def test_ema_fixed_point_is_a_live_fixed_point(inst, tau):
 @some
 @given(frozen_cases)
 def test_frozen_full_fixed_point_is_the_limit_of_frozen_token_rounds(inst):
+    """A stable fixed point is the rounds' limit; one flagged unstable is left by rounds from a kick."""
     fp = solve(inst, FULL, "frozen")
-    assert fixed_point_is_rounds_limit(inst, fp.log_pi, "frozen", "token")
+    assert fp_agrees_with_rounds(inst, fp)
+
+
+def kicked_demos(inst, log_pi, size=1e-4):
+    """D = π(·|r=1) with log π moved by `size` along a fixed direction (the rounds' start, kicked)."""
+    u = np.random.default_rng(1).standard_normal(len(log_pi))
+    return demos_from_successes(log_pi + size * u, inst.reward)
+
+
+def fp_agrees_with_rounds(inst, fp) -> bool:
+    """Stable: fp is the limit of the frozen token rounds from π0. Unstable: the rounds started from
+    D = π*(·|r=1) kicked end elsewhere."""
+    if fp.stable:
+        return fixed_point_is_rounds_limit(inst, fp.log_pi, "frozen", "token")
+    lim, _ = rounds_limit(inst.with_demos(kicked_demos(inst, fp.log_pi)), "frozen", "token")
+    return gap(lim, fp.log_pi) > SAME
+
+
+def _symmetric_copy(lam=0.75, asym=0.0):
+    """π0 uniform on 4 rollouts, two of them correct, a copy teacher: for lam ≳ 0.6 the symmetric
+    point between the two correct rollouts is an unstable fixed point of the frozen rounds."""
+    x = np.array([asym, 0.0, 0.0, 0.0])
+    lb, r = x - logsumexp(x), np.array([1, 0, 0, 1])
+    return Instance(lb, r, CopyTeacher(lb, lam), demos_from_successes(lb, r))
+
+
+def test_an_unstable_fixed_point_is_flagged_and_can_be_left():
+    inst = _symmetric_copy(asym=1e-12)
+    fp = solve(inst, FULL, "frozen")
+    assert not fp.stable and fp.growth > 1.05 and not fp.certificate()["stable"]
+    assert fp_agrees_with_rounds(inst, fp)
+    left = solve(inst, FULL, "frozen", leave_unstable=True)
+    assert left.stable and len(left.passed_unstable) == 1 and gap(left.passed_unstable[0], fp.log_pi) <= SAME
+    assert fixed_point_is_rounds_limit(inst, left.log_pi, "frozen", "token")  # the 1e-12 asymmetry grows
+    assert probs(left.log_pi)[0] > 0.7                                          # the collapse onto y0
+
+
+def test_a_stable_fixed_point_is_flagged_stable():
+    fp = solve(_symmetric_copy(lam=0.5, asym=1e-12), FULL, "frozen")
+    assert fp.stable and 0 < fp.growth < 1 and not fp.passed_unstable
+
+
+def test_sabotage_no_stability_check_is_caught(monkeypatch):
+    """A solver that calls every certified point stable returns the symmetric point as the rounds'
+    limit; the rounds from π0 leave it."""
+    import pcmi.flows as flows_mod
+    monkeypatch.setattr(flows_mod, "GROWTH_MARGIN", np.inf)
+    inst = _symmetric_copy(asym=1e-12)
+    assert not fp_agrees_with_rounds(inst, solve(inst, FULL, "frozen"))
 
 
 @few

@@ -734,3 +734,228 @@ def test_p9_general_holds_exactly_where_a_dstar_is_found(inst):
     assert res.details["spread_error"] <= 1e-9 and res.details["sdsd_error"] <= 1e-9
     assert res.holds == (res.details["spread"] <= P.P9_TOL)
     assert abs(res.details["ratio_distortion"] - res.details["spread"]) <= 1e-9  # distortion = spread
+
+
+# the faster P2/P6 minimizer and P5 brute force against the previous implementations ---------------
+from scipy.optimize import minimize as scipy_minimize  # noqa: E402
+from scipy.special import log_softmax, logsumexp  # noqa: E402
+
+from pcmi.testing import explicit_instances  # noqa: E402
+
+
+def _reference_minimize_reverse_kl(w, log_T):
+    """The previous P.minimize_reverse_kl, verbatim: scipy's log_softmax, fun/jac/hess recomputed per call."""
+    w = np.asarray(w, float)
+    keep = w > 0
+    w, log_T = w[keep] / w[keep].sum(), np.asarray(log_T, float)[keep]
+    n = log_T.shape[1]
+    support = np.all(np.isfinite(log_T), axis=0)
+    e = (w[:, None] * log_T[:, support]).sum(axis=0)
+    m = int(support.sum())
+    fun, jac, hess = _reference_logit_parts(e)
+    v = np.zeros(m - 1)
+    for method in ("trust-exact", "trust-krylov", "L-BFGS-B"):
+        if m == 1 or np.max(np.abs(jac(v))) < 1e-13:
+            break
+        kw = {"hess": hess, "options": {"gtol": 1e-15, "maxiter": 300 if method == "trust-exact" else 60}} \
+            if method != "L-BFGS-B" else \
+            {"options": {"ftol": 1e-300, "gtol": 1e-15, "maxiter": 5000}}
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):
+                v = scipy_minimize(fun, v, jac=jac, method=method, **kw).x
+        except (UnboundLocalError, np.linalg.LinAlgError, ValueError):
+            continue
+    out = np.full(n, -np.inf)
+    out[support] = log_softmax(np.r_[0.0, v])
+    return out
+
+
+def _reference_logit_parts(e):
+    def parts(v):
+        log_s = log_softmax(np.r_[0.0, v])
+        s = np.exp(log_s)
+        return log_s, s, (log_s - e) - s @ (log_s - e)
+
+    def fun(v):
+        log_s, s, _ = parts(v)
+        return float(s @ (log_s - e))
+
+    def jac(v):
+        _, s, d = parts(v)
+        return (s * d)[1:]
+
+    def hess(v):
+        _, s, d = parts(v)
+        a = s * d
+        return (np.diag(a + s) - np.outer(a, s) - np.outer(s, a) - np.outer(s, s))[1:, 1:]
+    return fun, jac, hess
+
+
+def _reference_independent_token_level(inst) -> dict:
+    """The previous P.independent_token_level, verbatim: one logsumexp per prefix."""
+    tree = inst.tree
+    D, rows = P._demo_weights(inst)
+    A = P._ancestors(tree)
+    node = np.stack([logsumexp(rows[:, A[:, h]], axis=1) for h in range(tree.n_nodes)], axis=1)
+    par = tree.parent[1:]
+    with np.errstate(invalid="ignore"):
+        cond = np.where(np.isfinite(node[:, par]), node[:, 1:] - node[:, par], np.nan)
+    g = np.r_[0.0, (D[:, None] * cond).sum(axis=0)]
+    kids = [[] for _ in range(tree.n_nodes)]
+    for c in range(1, tree.n_nodes):
+        kids[tree.parent[c]].append(c)
+    reach = np.full(tree.n_nodes, -np.inf)
+    reach[0] = 0.0
+    for h in range(tree.n_nodes):
+        if not kids[h] or not np.isfinite(reach[h]):
+            continue
+        gk = g[kids[h]]
+        if np.isnan(gk).any() or not np.isfinite(gk).any():
+            raise PcmiInputError("the token-level SDSD optimum is undefined: at a prefix it reaches, "
+                                 "every next token is ruled out by some demonstration")
+        reach[kids[h]] = reach[h] + gk - logsumexp(gk)
+    e_leaf = (D[:, None] * rows).sum(axis=0)
+    log_prefix = (D[:, None] * node).sum(axis=0)
+    L = np.array([logsumexp(e_leaf[A[:, h]]) for h in range(tree.n_nodes)])
+    with np.errstate(invalid="ignore"):
+        log_Z = np.where(np.isfinite(log_prefix), L - log_prefix, np.nan)
+    return {"g": g, "kids": kids, "token": np.exp(reach[tree.leaf_node]), "log_Z": log_Z,
+            "sdsd": P._normalized_exp(e_leaf, "E_D log T(y | y')"), "log_reach_sdsd": L - logsumexp(e_leaf)}
+
+
+def _same_pattern_max_diff(a, b) -> float:
+    """max |a − b| where both are finite; inf unless NaN and ±inf sit at the same places with the same signs."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return np.inf
+    if not np.array_equal(a[~np.isfinite(a)], b[~np.isfinite(b)], equal_nan=True):
+        return np.inf
+    fin = np.isfinite(a)
+    return float(np.max(np.abs(a[fin] - b[fin]), initial=0.0))
+
+
+def _token_level_max_diff(inst, token_level=P.independent_token_level) -> float:
+    """Largest disagreement of `token_level` with the previous implementation (inf if only one raises)."""
+    try:
+        ref = _reference_independent_token_level(inst)
+    except PcmiInputError:
+        try:
+            token_level(inst)
+        except PcmiInputError:
+            return 0.0
+        return np.inf
+    try:
+        new = token_level(inst)
+    except PcmiInputError:
+        return np.inf
+    if new["kids"] != ref["kids"]:
+        return np.inf
+    return max(_same_pattern_max_diff(new[k], ref[k]) for k in ("g", "token", "log_Z", "sdsd", "log_reach_sdsd"))
+
+
+logit_vectors = st.lists(st.one_of(st.floats(-50, 50), st.floats(-800, 800), st.just(0.0)), min_size=0, max_size=12)
+
+
+@given(logit_vectors)
+def test_log_softmax_gauged_equals_scipys(v):
+    v = np.array(v, float)
+    assert np.max(np.abs(P._log_softmax_gauged(v) - log_softmax(np.r_[0.0, v]))) <= 1e-12
+
+
+@given(logit_vectors.filter(len), st.data())
+def test_reverse_kl_in_logits_equals_the_recomputed_parts(v, data):
+    """The cached (F, ∇F, ∇²F) equal the previous uncached ones, also when v is changed in place
+    between calls (the cache is keyed by v's value, not its identity)."""
+    v = np.array(v, float)
+    e = np.array(data.draw(st.lists(st.floats(-30, 0), min_size=len(v) + 1, max_size=len(v) + 1)))
+    new, ref = P.reverse_kl_in_logits(e), _reference_logit_parts(e)
+    for x in (v, v, v * 0.5, v):
+        assert abs(new[0](x) - ref[0](x)) <= 1e-12 * (1 + abs(ref[0](x)))
+        assert np.max(np.abs(new[1](x) - ref[1](x))) <= 1e-12
+        assert np.max(np.abs(new[2](x) - ref[2](x))) <= 1e-12
+    x = v.copy()
+    new[0](x)
+    x += 1.0  # same array object, new value: the cache must not answer with the old parts
+    assert np.max(np.abs(new[1](x) - ref[1](x))) <= 1e-12
+
+
+def test_a_stale_logit_cache_is_caught():
+    """Sabotage: a cache that keys on the array's identity answers a moved v with the old gradient."""
+    e = np.log([0.5, 0.3, 0.2])
+    fun, _, _ = P.reverse_kl_in_logits(e)
+    _, ref_jac, _ = _reference_logit_parts(e)
+    seen = {}
+
+    def stale_jac(v):
+        if id(v) not in seen:
+            seen[id(v)] = ref_jac(v)
+        return seen[id(v)]
+    x = np.zeros(2)
+    stale_jac(x)
+    x += 1.0
+    assert np.max(np.abs(stale_jac(x) - ref_jac(x))) > 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(explicit_instances())
+def test_minimize_reverse_kl_equals_the_previous_implementation(inst):
+    """Same trust-region path, same stopping rules: the minimizer is the previous one's. Both are exact to
+    ~1e-13 in the gradient; on ill-conditioned instances (probabilities near 1e-300) neither is
+    reproducible below ~1e-10 from one call to the next (SIMD summation order), hence 1e-9 there."""
+    D, rows = P._demo_weights(inst)
+    new, ref = P.minimize_reverse_kl(D, rows), _reference_minimize_reverse_kl(D, rows)
+    assert np.array_equal(np.isfinite(new), np.isfinite(ref))
+    err = float(np.max(np.abs(np.exp(new) - np.exp(ref))))
+    well_conditioned = float(np.min(np.exp(ref[np.isfinite(ref)]))) > 1e-6
+    assert err <= (1e-12 if well_conditioned else 1e-9), err
+
+
+def test_a_minimizer_that_stops_early_is_caught():
+    """Sabotage of the comparison above: one trust-exact iteration is far from the previous optimum."""
+    T = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    w = np.array([0.3, 0.7])
+    e = w @ T
+    fun, jac, hess = P.reverse_kl_in_logits(e)
+    v = scipy_minimize(fun, np.zeros(2), jac=jac, hess=hess, method="trust-exact", options={"maxiter": 1}).x
+    early = np.exp(P._log_softmax_gauged(v))
+    assert np.max(np.abs(early - np.exp(_reference_minimize_reverse_kl(w, T)))) > 1e-6
+    assert np.max(np.abs(np.exp(P.minimize_reverse_kl(w, T)) - np.exp(_reference_minimize_reverse_kl(w, T)))) <= 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(graph_instances())
+def test_independent_token_level_equals_the_previous_implementation(pair):
+    assert _token_level_max_diff(pair[0]) <= 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(extreme_instances(trees=True))
+def test_independent_token_level_equals_the_previous_implementation_on_extremes(inst):
+    """Zero-probability rollouts, 1e-300 masses and prefix trees: same values, same −inf/NaN pattern,
+    the same PcmiInputError where a reached prefix has every next token ruled out."""
+    assert _token_level_max_diff(inst) <= 1e-12
+
+
+def test_the_clash_raises_in_both_token_level_implementations():
+    clash = Instance.explicit([0.5, 0.5], [1, 1], [[1.0, 0.0], [0.0, 1.0]])
+    assert _token_level_max_diff(clash) == 0.0
+    with pytest.raises(PcmiInputError, match="every next token is ruled out"):
+        P.independent_token_level(clash)
+
+
+@pytest.mark.parametrize("helper, wrong", [
+    ("_logsumexp_under", lambda x, A: np.max(np.asarray(x, float)[..., :, None] + np.where(A, 0.0, -np.inf), axis=-2)),
+    ("_logsumexp_under", lambda x, A: logsumexp(np.asarray(x, float)[..., :, None] + np.where(A, -np.inf, 0.0), axis=-2)),
+    ("_logsumexp_children", lambda g, parent: np.full(len(g), logsumexp(np.nan_to_num(g[1:], nan=0.0)))),
+])
+def test_a_wrong_vectorized_sum_is_caught(helper, wrong, monkeypatch):
+    """Sabotage: max instead of logsumexp over the rollouts under h; the mask inverted (the rollouts
+    not under h); or normalizing every prefix over all nodes instead of its children. The comparison
+    with the previous implementation must fail."""
+    import graphworld as gw
+    from pcmi import graph_instance
+    g = gw.multi_route_dag(2, 2, 2, seed=0, n_sources=1, n_targets=2)
+    inst = graph_instance(gw.Task(g, 0, g.graph["prompts"][0][1], 4), gw.EdgePolicy(), {"kind": "copy", "lam": 0.7})[0]
+    assert _token_level_max_diff(inst) <= 1e-12
+    monkeypatch.setattr(P, helper, wrong)
+    assert _token_level_max_diff(inst) > 1e-6
