@@ -229,13 +229,18 @@ class LatentStrategyTeacher:
         lw = self._strategy_demo_mass(log_D)
         d = prob_of(lw)
         present = np.isfinite(lw)
-        off = safe_log(self.eps) + base                                   # log T(h | y') for y' outside h's strategy
+        # a prefix h owned by z has P_z(h) = π0(h)/w_z, so log T(h | y') = log π0(h) + A_z for y' ∈ z,
+        # A_z = log((1−eps)/w_z + eps), and log π0(h) + log eps for y' outside z:
+        # E_D log T(h | y') = α_z·log π0(h) + β_z, two numbers per strategy
+        with np.errstate(divide="ignore"):
+            A = np.logaddexp(np.log1p(-self.eps) - self.log_w, np.log(self.eps))
+        others = present.sum() - present > 0                                # D has mass outside z
+        alpha = np.where(present, d, 0.0) + np.where(others, 1.0 - d, 0.0)
+        beta = _weighted(d, A, present) + _weighted(1.0 - d, np.full_like(d, safe_log(self.eps)), others)
         own = nodes.owner
         z = np.maximum(own, 0)
-        on = _mix(nodes.own_log_p, 1 - self.eps, base, self.eps)
-        d_own = np.where(own >= 0, d[z], 0.0)
-        n_other = present.sum() - np.where(own >= 0, present[z], False)
-        out = _weighted(d_own, on, (own >= 0) & present[z]) + _weighted(1.0 - d_own, off, n_other > 0)
+        with np.errstate(invalid="ignore"):
+            out = np.where((own >= 0) & np.isfinite(base), alpha[z] * base + beta[z], -np.inf)
         if len(nodes.mixed):  # prefixes shared by several strategies: the full sum over z
             rows = _mix(nodes.mixed_log_p, 1 - self.eps, base[nodes.mixed][:, None], self.eps)  # (M, K)
             out[nodes.mixed] = _weighted(d[None, :], rows, present[None, :]).sum(axis=1)

@@ -637,3 +637,55 @@ def test_sabotage_flat_root_owned_by_the_first_strategy_is_caught(monkeypatch):
 def test_dense_labels_rank_like_unique(labels):
     labels = np.array(labels)
     assert np.array_equal(teachers_mod._dense_labels(labels), np.unique(labels, return_inverse=True)[1].reshape(-1))
+
+
+def previous_disjoint_expected_log(t, log_D, tree):
+    """Route-copying E_D log T before the per-strategy form (commit 80e4de9): log-space mixtures per node."""
+    nodes = teachers_mod._strategy_nodes(t, tree)
+    base = tree.prefix_logsumexp(t.log_base)
+    lw = t._strategy_demo_mass(log_D)
+    d, present = teachers_mod.prob_of(lw), np.isfinite(lw)
+    off = safe_log(t.eps) + base
+    own = nodes.owner
+    z = np.maximum(own, 0)
+    on = teachers_mod._mix(nodes.own_log_p, 1 - t.eps, base, t.eps)
+    d_own = np.where(own >= 0, d[z], 0.0)
+    n_other = present.sum() - np.where(own >= 0, present[z], False)
+    out = teachers_mod._weighted(d_own, on, (own >= 0) & present[z]) + teachers_mod._weighted(1.0 - d_own, off, n_other > 0)
+    if len(nodes.mixed):
+        rows = teachers_mod._mix(nodes.mixed_log_p, 1 - t.eps, base[nodes.mixed][:, None], t.eps)
+        out[nodes.mixed] = teachers_mod._weighted(d[None, :], rows, present[None, :]).sum(axis=1)
+    return out
+
+
+def per_strategy_form_is_previous(inst, tol=1e-12) -> bool:
+    a = expected_log_teacher(inst.teacher, inst.log_demos, inst.tree)
+    b = previous_disjoint_expected_log(inst.teacher, inst.log_demos, inst.tree)
+    m = np.isfinite(b)
+    return bool(np.array_equal(np.isfinite(a), m) and np.all(np.abs(a[m] - b[m]) <= tol * np.maximum(1, np.abs(b[m]))))
+
+
+@given(st.one_of(extreme_instances(kinds=("route_copying",)), route_copying_instances(all_correct=False),
+                 graph_instances(teacher={"kind": "route_copying", "eps": 0.1}).map(lambda pair: pair[0])))
+def test_route_copying_per_strategy_form_equals_the_previous_implementation(inst):
+    assert per_strategy_form_is_previous(inst)
+
+
+def test_sabotage_per_strategy_form_without_the_outside_term_is_caught(monkeypatch):
+    """Dropping log eps for demonstrations outside the strategy (as if T(h | y') = T(h | z) for all y')."""
+    t = LatentStrategyTeacher.route_copying(np.log([0.25] * 4), np.array([0, 0, 1, 1]), 0.1)
+    from graphworld import PrefixTree
+    from pcmi.instance import Instance
+    inst = Instance(t.log_base, np.ones(4, int), t, np.log([0.5, 0.0, 0.5, 0.0]), tree=PrefixTree.flat(4))
+    assert per_strategy_form_is_previous(inst)
+    right = LatentStrategyTeacher.expected_log
+
+    def wrong(self, log_D, tree):  # T(h | y') = (1−eps)P_z(h) + eps π0(h) even for y' outside z
+        out = right(self, log_D, tree)
+        owned = teachers_mod._strategy_nodes(self, tree).owner >= 0
+        base = tree.prefix_logsumexp(self.log_base)
+        A = np.logaddexp(np.log1p(-self.eps) - self.log_w, np.log(self.eps))
+        out[owned] = base[owned] + A[teachers_mod._strategy_nodes(self, tree).owner[owned]]
+        return out
+    monkeypatch.setattr(LatentStrategyTeacher, "expected_log", wrong)
+    assert not per_strategy_form_is_previous(inst)
