@@ -81,7 +81,8 @@ class Instance:
         if getattr(self.teacher, "n", n) != n:
             raise PcmiInputError(f"teacher rows have {self.teacher.n} entries but there are {n} rollouts")
         tb = getattr(self.teacher, "log_base", None)
-        if tb is not None and np.max(np.abs(np.exp(tb) - np.exp(self.log_base))) > 1e-6:
+        if tb is not None and not np.array_equal(tb, self.log_base) and \
+                np.max(np.abs(np.exp(tb) - np.exp(self.log_base))) > 1e-6:
             raise PcmiInputError("the teacher's base policy differs from the instance's π0")
         self.log_demos = check_log_probs(self.log_demos, "demonstration distribution D")
         if len(self.log_demos) != n:
