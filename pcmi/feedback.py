@@ -43,7 +43,10 @@ NO_FAILURE = ("no failing rollout with positive probability: the feedback demons
 
 
 def _check_compat(compat, n: int) -> np.ndarray:
-    c = np.asarray(compat)
+    try:
+        c = np.asarray(compat)
+    except ValueError:  # ragged rows
+        raise PcmiInputError(f"compatibility must be an (F, {n}) matrix of 0/1 with rows of one length") from None
     if c.ndim == 1:
         c = c[None, :]
     if c.ndim != 2 or c.shape[1] != n:
@@ -257,14 +260,12 @@ class DemoFeedbackTeacher:
             d_w, d_q = np.array([0.0]), lt.log_w[None, :]
         elif lt.disjoint:
             lt._check_demos(demo)
-            own = lt._owner
-            d_w = np.array([logsumexp(np.where(own == z, demo, -np.inf)) for z in range(lt.n_strategies)])
+            d_w = lt._strategy_demo_mass(demo)
             keep = np.isfinite(d_w)
             d_w, d_q = d_w[keep], np.where(np.eye(lt.n_strategies, dtype=bool), 0.0, -np.inf)[keep]
         else:
             lt._check_demos(demo)
-            idx = np.flatnonzero(np.isfinite(demo))
-            d_w, d_q = demo[idx], lt.log_posterior(idx)
+            d_w, d_q = lt.posterior_classes(demo)  # demonstrations grouped by their posterior
         f_cl = np.array([-1]) if fb is None else np.flatnonzero(np.isfinite(fb))
         base_nodes = tree.prefix_logsumexp(lt.log_base)
         for cl in f_cl:

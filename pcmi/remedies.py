@@ -255,6 +255,8 @@ def remedy_optimum(inst, name: str, knob=None, *, log_ref=None) -> np.ndarray:
 
 def knob_grid(name: str, n: int) -> np.ndarray:
     """n knob values over the remedy's range, spaced by its scale (both ends included)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise PcmiInputError(f"the knob grid needs a positive integer number of points, got {n!r}")
     rem = remedy(name)
     if rem.knob is None:
         return np.array([np.nan])
@@ -440,6 +442,8 @@ def matched_knob(inst, name: str, target_kl: float, *, point: str = "one_round",
     already made with the same settings instead of `knob_grid`."""
     rem = remedy(name)
     target_kl = _number(target_kl, "target_kl")
+    if _number(kl_tol, "kl_tol") < 0:
+        raise PcmiInputError(f"kl_tol must be >= 0, got {kl_tol!r}")
     if rem.knob is None:
         raise PcmiInputError(f"remedy {name!r} has no knob to match")
 

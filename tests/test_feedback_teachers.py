@@ -515,6 +515,7 @@ def test_pooled_rollouts_are_refused():
     (([0.5, 0.5], [[1, 0]], float("nan"), [-1, 0]), "eps"),
     (([0.5, 0.5], [[1, 0]], 0.1, None), "give feedback_index"),
     (([0.5, 0.5], [[1, 0]], 0.1, [-1, 0.5]), "feedback_index"),
+    (([0.5, 0.5], [[1, 0], [1]], 0.1, [-1, 0]), "rows of one length"),
 ])
 def test_bad_teacher_input(args, needle):
     base, compat, eps, index = args

@@ -314,6 +314,19 @@ def test_bad_knobs_are_one_line_errors():
         R.remedy_rounds(inst, "anchor")
 
 
+@pytest.mark.parametrize("call, words", [
+    (lambda inst: R.knob_grid("blend", 2.5), "positive integer"),
+    (lambda inst: R.knob_grid("blend", 0), "positive integer"),
+    (lambda inst: R.matched_knob(inst, "blend", 0.1, n_grid=True), "positive integer"),
+    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=float("nan")), "kl_tol must be finite"),
+    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=-1.0), "kl_tol must be >= 0"),
+])
+def test_bad_knob_grid_and_tolerance_are_one_line_errors(call, words):
+    with pytest.raises(PcmiInputError, match=words) as e:
+        call(fixed_instance())
+    assert "\n" not in str(e.value)
+
+
 def test_table_lists_every_remedy_with_knob_and_definition():
     need = {"sdsd", "rl", "blend", "split", "forward_kl", "js", "contrastive", "entropy", "anchor", "dstar"}
     assert need <= set(R.REMEDIES)
