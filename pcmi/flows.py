@@ -230,21 +230,27 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
 
 
 def _growth(inst, policy, state, sched, mode, lam, reached_par, demos):
-    """(growth, policy, state) after GROWTH_ROUNDS rounds (step λ, as the solver's) from the point kicked by
-    KICK along a fixed random direction on the reachable prefixes: growth = (d_K / d_0)^(1/K), d = TV to
-    the point. 0 where the kick does not move the sequence law."""
+    """(growth, policy, state): the point and its copy kicked by KICK along a fixed random direction on the
+    reachable prefixes both run GROWTH_ROUNDS rounds (step λ, as the solver's); growth = (d_K / d_0)^(1/K),
+    d_k = TV between the two after k rounds (two trajectories, so that a point that still drifts, as a
+    collapse vertex does in logit space, is not mistaken for one that repels). 0 where the kick does not
+    move the sequence law by more than 1e-13 (too little to measure). Returns the kicked end point."""
     u = np.random.default_rng(0).standard_normal(policy.theta.shape)
     u = np.where(np.isfinite(policy.log_prefix[reached_par]) & np.isfinite(policy.theta), u, 0.0)
     u[0] = 0.0
-    kicked, st = policy.with_theta(policy.theta + KICK * u), state
-    d0 = total_variation(policy.log_seq, kicked.log_seq)
+    pair = [(policy, state), (policy.with_theta(policy.theta + KICK * u), state)]
+    d0 = total_variation(pair[0][0].log_seq, pair[1][0].log_seq)
     for _ in range(GROWTH_ROUNDS):
-        rep = on_policy_step(inst, kicked, sched, st, mode, "stability check: ", demos)
-        kicked = kicked.with_theta(kicked.theta - _natural_move(kicked, rep, mode, lam, reached_par))
-        st = sched.update(st, kicked.log_seq)
-    if d0 <= 0:
+        nxt = []
+        for pol, st in pair:
+            rep = on_policy_step(inst, pol, sched, st, mode, "stability check: ", demos)
+            pol = pol.with_theta(pol.theta - _natural_move(pol, rep, mode, lam, reached_par))
+            nxt.append((pol, sched.update(st, pol.log_seq)))
+        pair = nxt
+    kicked, st = pair[1]
+    if d0 <= 1e-13:
         return 0.0, kicked, st
-    return float((total_variation(policy.log_seq, kicked.log_seq) / d0) ** (1 / GROWTH_ROUNDS)), kicked, st
+    return float((total_variation(pair[0][0].log_seq, kicked.log_seq) / d0) ** (1 / GROWTH_ROUNDS)), kicked, st
 
 
 def _natural_move(policy: TabularPolicy, rep: GradientReport, mode: LossMode, lam: float, reached_par,
