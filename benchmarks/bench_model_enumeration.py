@@ -21,6 +21,19 @@ Measured 2026-12-01, 2-core Intel Xeon (shared, load average ≈ 2), torch 2.13 
 
 At tiny/small sizes the enumeration's Python bookkeeping dominates; the saving grows with width,
 depth and context length (the gpu preset's network, and the teacher's longer context).
+
+`python benchmarks/bench_model_enumeration.py --teacher [--threads 1] [--repeat 1]` times model_teacher on
+prompt 0 of the small and gpu presets: batched=False (one cached enumeration per correct demonstration)
+against batched=True (every demonstration's context in one enumeration, B·n (context, prefix) rows per
+forward), and the largest |Δ log T(y | y')| between the two (float32). Measured 2026-12-02, 2-core Intel Xeon
+(shared, load average 1.64 before / 1.70 after by `uptime`), torch 2.13 CPU, --threads 1 --repeat 1 (one run, seconds):
+
+    preset  demos  rollouts  per-demo  batched  ratio  max |Δ log T| (float32)
+    small      12        46     0.168    0.028   5.99  2.3e-07
+    gpu        36       125     1.271    0.550   2.31  1.7e-06
+
+(float32 rows differ at rounding level because the BLAS kernel depends on the batch's row count; in
+float64 they agree to ≤ 6e-14, tests/test_training_kvcache.py.)
 """
 import os
 import platform
@@ -34,7 +47,7 @@ torch = pytest.importorskip("torch")
 
 from pcmi.training import get_config  # noqa: E402
 from pcmi.training.data import make_world  # noqa: E402
-from pcmi.training.evaluate import enumerate_model  # noqa: E402
+from pcmi.training.evaluate import enumerate_model, model_teacher  # noqa: E402
 from pcmi.training.train import new_model  # noqa: E402
 
 PRESETS = ("tiny", "small", "gpu")
@@ -57,6 +70,11 @@ def enumerate_teacher(model, world, kv_cache: bool, demos) -> list:
     return [enumerate_model(model, world, 0, demo=d, kv_cache=kv_cache).log_prob for d in demos]
 
 
+def teacher_rows(model, world, batched: bool, base) -> np.ndarray:
+    """model_teacher's rows on prompt 0, batched over the demonstrations or one enumeration each."""
+    return model_teacher(model, world, 0, base, batched=batched).log_T
+
+
 @pytest.fixture(scope="module", params=["small", "gpu"])
 def preset(request):
     return request.param, *setup(request.param)
@@ -69,6 +87,14 @@ def test_enumerate_one_prompt(benchmark, preset, kv_cache):
     assert abs(np.exp(ro.log_prob).sum() - 1) < 1e-4
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-demo"])
+def test_model_teacher_prompt_0(benchmark, preset, batched):
+    _, world, model = preset
+    base = enumerate_model(model, world, 0)
+    T = benchmark(teacher_rows, model, world, batched, base)
+    assert T.shape == (len(base), len(base))
+
+
 def best_time(f, repeat: int) -> float:
     best = np.inf
     for _ in range(repeat):
@@ -78,12 +104,30 @@ def best_time(f, repeat: int) -> float:
     return best
 
 
+def main_teacher(repeat: int) -> None:
+    """model_teacher on prompt 0, per-demonstration against batched, small and gpu presets."""
+    print(f"{'preset':<7} {'demos':>5} {'rollouts':>8} {'per-demo s':>10} {'batched s':>9} {'ratio':>6} "
+          f"{'max |Δ log T|':>14}")
+    for name in ("small", "gpu"):
+        world, model = setup(name)
+        base = enumerate_model(model, world, 0)
+        ref, new = teacher_rows(model, world, False, base), teacher_rows(model, world, True, base)
+        t_off = best_time(lambda: teacher_rows(model, world, False, base), repeat)
+        t_on = best_time(lambda: teacher_rows(model, world, True, base), repeat)
+        print(f"{name:<7} {int(base.reward.sum()):>5} {len(base):>8} {t_off:>10.3f} {t_on:>9.3f} {t_off / t_on:>6.2f} "
+              f"{float(np.abs(ref - new).max()):>14.2e}")
+
+
 def main(argv) -> None:
     threads = int(argv[argv.index("--threads") + 1]) if "--threads" in argv else torch.get_num_threads()
     repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 3
     torch.set_num_threads(threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{threads} threads, load average {os.getloadavg()[0]:.2f}")
+    if "--teacher" in argv:
+        main_teacher(repeat)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     print(f"{'preset':<7} {'what':<18} {'enums':>5} {'rollouts':>8} {'uncached s':>10} {'cached s':>9} {'ratio':>6} "
           f"{'max |Δ log π|':>14}")
     for name in PRESETS:

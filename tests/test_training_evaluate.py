@@ -39,7 +39,9 @@ def test_model_teacher_rows_are_enumerations_with_the_demonstration(world, sharp
     far = 0.0
     for j in correct:
         with_demo = enumerate_model(sharp_model, world, 0, demo=base.paths[j]).log_prob
-        np.testing.assert_allclose(T.log_T[j], with_demo, rtol=0, atol=1e-12)
+        # float32: one batched forward over all demonstrations rounds differently from one per demonstration
+        # (the matmul's result depends on the batch size); tests/test_training_kvcache.py checks 1e-12 in float64
+        np.testing.assert_allclose(T.log_T[j], with_demo, rtol=0, atol=5e-5)
         far = max(far, pcmi.total_variation(T.log_T[j], base.log_prob))
     assert far > 1e-4  # the demonstration changes the network's law
 

@@ -1,9 +1,12 @@
-"""The GPT's KV cache and the cached per-level enumeration of Y(x) (pcmi.training.model, .evaluate).
+"""The GPT's KV cache, the cached per-level enumeration of Y(x) and the model teacher's rows batched
+over demonstrations (pcmi.training.model, .evaluate).
 
 Each check compares against the previous implementation, kept here as reference code: the full
-causal forward without cache (`reference_logits`) and the old ModelPolicy (`ReferencePolicy`, one
-full forward over context ‖ moves per path). Each check has a sabotage companion: a cache read at
-the wrong position offset, or the wrong parent rows gathered, must be caught by the same check.
+causal forward without cache (`reference_logits`), the old ModelPolicy (`ReferencePolicy`, one
+full forward over context ‖ moves per path) and the old model_teacher (`reference_model_teacher`, one
+enumeration per demonstration). Each check has a sabotage companion: a cache read at the wrong
+position offset, the wrong parent rows gathered, a row given the wrong demonstration's context or a
+context without its demonstration, must be caught by the same check.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from scipy.special import logsumexp  # noqa: E402
 from graphworld import FAIL, STOP, enumerate_rollouts  # noqa: E402
 from pcmi.training import get_config  # noqa: E402
 from pcmi.training.data import make_world  # noqa: E402
-from pcmi.training.evaluate import ModelPolicy, enumerate_model  # noqa: E402
+from pcmi.training import evaluate as ev  # noqa: E402
+from pcmi.training.evaluate import (BatchedModelPolicy, ModelPolicy, demonstration_log_probs,  # noqa: E402
+                                    enumerate_model, model_teacher)
 from pcmi.training.model import GPT  # noqa: E402
 from pcmi.training.rollouts import prompt_ids  # noqa: E402
 from pcmi.training.train import new_model  # noqa: E402
@@ -72,6 +77,17 @@ class ReferencePolicy:
         return out
 
 
+def reference_model_teacher(model, world, prompt: int, base, device="cpu") -> np.ndarray:
+    """The previous model_teacher's rows: one ReferencePolicy enumeration per correct demonstration y'_j
+    (row j), the base row elsewhere."""
+    rows = np.tile(base.log_prob, (len(base), 1))
+    for j in np.flatnonzero(base.reward == 1):
+        rs = enumerate_rollouts(world.laws[prompt].task, ReferencePolicy(model, world, prompt, base.paths[j], device))
+        assert rs.paths == base.paths
+        rows[j] = rs.log_prob
+    return rows
+
+
 # ---------------------------------------------------------------- sabotaged implementations
 
 class WrongOffset(torch.nn.Module):
@@ -97,6 +113,30 @@ class WrongParents(ModelPolicy):
 
     def _parent_cache(self, level, rows):
         return super()._parent_cache(level, [min(i, level[0][0].shape[0] - 1) for i in range(len(rows))])
+
+
+class ShiftedDemos(BatchedModelPolicy):
+    """Row b gets the context of demonstration b + 1 (rows assigned to the wrong demonstration)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.ctx = self.ctx.roll(-1, 0)
+
+
+class NoDemo(BatchedModelPolicy):
+    """Contexts without the demonstration ("BOS s t"), as the sabotage harness's eval_teacher_without_demo."""
+
+    def __init__(self, model, world, prompt, demos, device="cpu", kv_cache=True):
+        super().__init__(model, world, prompt, demos, device, kv_cache)
+        self.ctx = prompt_ids(world, [prompt] * len(demos), None, device=device)
+
+
+class ContextZeroParents(BatchedModelPolicy):
+    """Gathers every context's parent rows from context 0's block (rows r instead of b·n + r)."""
+
+    def _parent_cache(self, level, rows):
+        n = len(rows) // len(self.ctx)
+        return super()._parent_cache(level, rows[:n] * len(self.ctx))
 
 
 # ---------------------------------------------------------------- checks
@@ -269,6 +309,198 @@ def test_policy_falls_back_when_parents_are_unknown(world, model64):
             assert g.keys() == w.keys()
             assert max(abs(g[k] - w[k]) for k in g) < 1e-12
     assert pol.next_logprobs(task, []) == []
+
+
+# ---------------------------------------------------------------- the model teacher, batched over demonstrations
+
+def teacher_gap(world, model, prompt: int, policy=BatchedModelPolicy, device="cpu") -> float:
+    """model_teacher (batched, its BatchedModelPolicy replaced by `policy`) against reference_model_teacher:
+    max |Δ log T(y | y')| over all rows (inf if it raises that the trees differ)."""
+    from unittest import mock
+    model.eval()
+    base = enumerate_model(model, world, prompt, device=device)
+    ref = reference_model_teacher(model, world, prompt, base, device)
+    with mock.patch.object(ev, "BatchedModelPolicy", policy):
+        try:
+            new = model_teacher(model, world, prompt, base, device=device).log_T
+        except RuntimeError:
+            return np.inf
+    return float(np.abs(new - ref).max())
+
+
+def test_batched_teacher_rows_equal_the_per_demonstration_rows_float64(world, model64):
+    for prompt in range(len(world.laws)):
+        assert teacher_gap(world, model64, prompt) < 1e-12
+        base = enumerate_model(model64, world, prompt)
+        on, off = model_teacher(model64, world, prompt, base).log_T, model_teacher(model64, world, prompt, base,
+                                                                                   batched=False).log_T
+        np.testing.assert_allclose(on, off, rtol=0, atol=1e-12)
+        wrong = base.reward == 0
+        np.testing.assert_allclose(on[wrong], np.broadcast_to(base.log_prob, on[wrong].shape), rtol=0, atol=1e-12)
+
+
+def test_batched_teacher_rows_equal_the_per_demonstration_rows_float32(world, sharp_model):
+    for prompt in range(len(world.laws)):
+        assert teacher_gap(world, sharp_model, prompt) < 5e-5  # float32 rounding of logits ~ 40
+
+
+@st.composite
+def teacher_cases(draw):
+    """A small graph world (routes, depth, branching, seed drawn), its float64 network at init with the head
+    scaled (a near-uniform to a far-from-uniform law) and a prompt."""
+    from pcmi.training.config import TrainConfig
+    cfg = TrainConfig(k_routes=draw(st.integers(2, 3)), depth=draw(st.integers(1, 2)),
+                      branching=draw(st.integers(1, 2)), n_sources=1, n_targets=draw(st.integers(1, 2)),
+                      graph_seed=draw(st.integers(0, 100)), n_layer=draw(st.integers(1, 2)), n_embd=16)
+    w = make_world(cfg)
+    torch.manual_seed(draw(st.integers(0, 2 ** 16)))
+    m = new_model(cfg, w).double().eval()
+    with torch.no_grad():
+        m.head.weight.mul_(draw(st.sampled_from([1.0, 10.0, 40.0])))
+    return w, m, draw(st.integers(0, len(w.laws) - 1))
+
+
+@settings(max_examples=10, deadline=None)
+@given(teacher_cases())
+def test_batched_teacher_rows_on_random_worlds(case):
+    w, m, prompt = case
+    assert teacher_gap(w, m, prompt) < 1e-12
+
+
+def test_demonstrations_of_different_lengths_are_grouped(world, model64):
+    """Contexts of several lengths (no padding): each row equals the enumeration with its demonstration."""
+    base = enumerate_model(model64, world, 0)
+    ok = [base.paths[j] for j in np.flatnonzero(base.reward == 1)]
+    demos = [ok[0], ok[1][:-1], ok[2], ok[3][:-2], ok[4][:-1]]
+    for kv in (True, False):
+        rows = demonstration_log_probs(model64, world, 0, demos, base, kv_cache=kv)
+        for d, row in zip(demos, rows):
+            ref = enumerate_rollouts(world.laws[0].task, ReferencePolicy(model64, world, 0, d))
+            np.testing.assert_allclose(row, ref.log_prob, rtol=0, atol=1e-12)
+
+
+def test_model_teacher_default_is_batched(world, model64):
+    """The default runs no per-demonstration enumeration (so the sabotage harness patches the path used)."""
+    from unittest import mock
+    base = enumerate_model(model64, world, 0)
+    with mock.patch.object(ev, "enumerate_model", side_effect=AssertionError("per-demonstration enumeration")):
+        model_teacher(model64, world, 0, base)
+        with pytest.raises(AssertionError):
+            model_teacher(model64, world, 0, base, batched=False)
+
+
+def test_batched_policy_falls_back_when_a_log_prob_is_impossible(world, model64):
+    """A −inf log-prob (a tree that might differ per context) takes the per-demonstration path."""
+    from unittest import mock
+    base = enumerate_model(model64, world, 0)
+    real = BatchedModelPolicy._key_logprobs
+
+    def with_impossible_token(self, logits):
+        t = real(self, logits)
+        t[1:, -1] = -np.inf if len(t) > 1 else t[1:, -1]  # FAIL impossible for every row but the first
+        return t
+
+    with mock.patch.object(BatchedModelPolicy, "_key_logprobs", with_impossible_token):
+        rows = model_teacher(model64, world, 0, base).log_T
+    np.testing.assert_allclose(rows, reference_model_teacher(model64, world, 0, base), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("policy", [ShiftedDemos, NoDemo, ContextZeroParents])
+def test_sabotage_batched_teacher(world, model64, policy):
+    assert any(teacher_gap(world, model64, p, policy=policy) > 1e-3 for p in range(len(world.laws)))
+
+
+class TablePolicy:
+    """B seeded random log-laws per prefix over keys (graph nodes, STOP, FAIL), spread e^±10: graphworld
+    sees law `b`; `levels` records all B per call as BatchedModelPolicy does."""
+    has_stop = True
+
+    def __init__(self, keys, B: int, seed: int, b: int = 0):
+        self.keys, self.B, self.seed, self.b, self.levels = keys, B, seed, b, []
+
+    def next_logprobs(self, task, paths):
+        idx = {v: i for i, v in enumerate(self.keys)}
+        t = np.array([[np.random.default_rng([self.seed, b, *(idx[v] for v in p)]).normal(0, 4, len(self.keys))
+                       for p in paths] for b in range(self.B)])
+        t -= logsumexp(t, axis=-1, keepdims=True)
+        self.levels.append(([tuple(p) for p in paths], t))
+        return [dict(zip(self.keys, row)) for row in t[self.b].tolist()]
+
+
+def fail_z_task():
+    """s → u → c0 → t and s → c1 → t (c_z concept nodes): from the unlabelled prefixes s and s·u a move into
+    a concept node that is no edge pools into FAIL:z."""
+    import networkx as nx
+    from graphworld import Task
+    g = nx.DiGraph([(0, 1), (1, 2), (2, 4), (0, 3), (3, 4), (1, 4)])
+    g.nodes[2]["concept"], g.nodes[3]["concept"] = 0, 1
+    return Task(g, 0, 4, 3)
+
+
+@st.composite
+def table_cases(draw):
+    from pcmi.testing import graphs
+    from graphworld import Task
+    if draw(st.booleans()):
+        task = fail_z_task()
+    else:
+        import networkx as nx
+        g = draw(graphs())
+        s, t = g.graph["prompts"][0]
+        task = Task(g, s, t, nx.shortest_path_length(g, s, t) + draw(st.integers(0, 2)))
+    return task, draw(st.integers(1, 4)), draw(st.integers(0, 2 ** 16))
+
+
+def table_gap(task, B, seed) -> float:
+    """leaf_log_probs_per_context from one enumeration against B enumerations (one per law): max |Δ|,
+    inf if it raises."""
+    keys = list(task.graph.nodes) + [STOP, FAIL]
+    pol = TablePolicy(keys, B, seed)
+    rs = enumerate_rollouts(task, pol)
+    try:
+        rows = ev.leaf_log_probs_per_context(rs, pol.levels, keys)
+    except RuntimeError:
+        return np.inf
+    return max(float(np.abs(rows[b] - enumerate_rollouts(task, TablePolicy(keys, B, seed, b)).log_prob).max())
+               for b in range(B))
+
+
+@few
+@given(table_cases())
+def test_rows_per_context_equal_the_enumeration_of_each_context(case):
+    assert table_gap(*case) < 1e-12
+
+
+def test_fail_z_leaves_are_pooled_by_label():
+    task = fail_z_task()
+    rs = enumerate_rollouts(task, TablePolicy(list(task.graph.nodes) + [STOP, FAIL], 1, 0))
+    assert {"FAIL:0", "FAIL:1"} <= set(rs.token)  # the case the label rule is for
+    assert table_gap(task, 3, 0) < 1e-12
+
+
+def test_sabotage_pooled_without_route_labels():
+    """Every pooled token under the prefix's label (no FAIL:z): caught."""
+    from unittest import mock
+    with mock.patch.object(ev, "route_of", lambda g, path: -1):
+        assert table_gap(fail_z_task(), 3, 0) > 1e-6
+
+
+def test_sabotage_pooled_as_max():
+    """A pooled failure leaf's log Σ taken as a max over its tokens: caught."""
+    from unittest import mock
+    with mock.patch.object(ev, "logsumexp", lambda a, axis=None: np.max(a, axis=axis)):
+        assert table_gap(fail_z_task(), 3, 0) > 1e-6
+
+
+@CUDA
+def test_batched_teacher_on_cuda(world, sharp_model):
+    import copy
+    m = copy.deepcopy(sharp_model).cuda()
+    base = enumerate_model(sharp_model, world, 0)
+    cpu = model_teacher(sharp_model, world, 0, base).log_T
+    gpu = model_teacher(m, world, 0, base, device="cuda").log_T
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=2e-4)  # float32, logits ~ 40
+    assert teacher_gap(world, m.double(), 0, device="cuda") < 1e-12
 
 
 @CUDA

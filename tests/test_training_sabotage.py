@@ -47,8 +47,10 @@ SABOTAGES = {
     "sdsd_teacher_without_demo": (TR + "train.py",
                                   "return prompt_ids(world, ro.prompt.tolist(), demos, device=ro.tokens.device)",
                                   "return prompt_ids(world, ro.prompt.tolist(), None, device=ro.tokens.device)"),
-    "eval_teacher_without_demo": (TR + "evaluate.py", "rs = enumerate_model(model, world, prompt, demo=base.paths[j], device=device)",
-                                  "rs = enumerate_model(model, world, prompt, demo=None, device=device)"),
+    # model_teacher's default path: every demonstration's context in one batched enumeration
+    "eval_teacher_without_demo": (TR + "evaluate.py",
+                                  "self.ctx = prompt_ids(world, [prompt] * len(demos), demos, device=device)",
+                                  "self.ctx = prompt_ids(world, [prompt] * len(demos), None, device=device)"),
     "ema_inverted": (TR + "train.py", "pt.mul_(1 - rate).add_(p, alpha=rate)", "pt.mul_(rate).add_(p, alpha=1 - rate)"),
     "rl_closed_form_beta_1": (TR + "evaluate.py", "pcmi.rl_optimum(base.log_prob, base.reward, beta)",
                               "pcmi.rl_optimum(base.log_prob, base.reward, 1.0)"),

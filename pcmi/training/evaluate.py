@@ -11,7 +11,7 @@ import torch
 from scipy.special import logsumexp
 
 import pcmi
-from graphworld import FAIL, STOP, fail_token, route_of, concept_edges, dominant_route, enumerate_rollouts
+from graphworld import FAIL, STOP, fail_token, is_fail, route_of, concept_edges, dominant_route, enumerate_rollouts
 from pcmi.teachers import KernelTeacher, LatentStrategyTeacher
 
 from .rollouts import prompt_ids
@@ -96,14 +96,18 @@ class ModelPolicy:
                     out[i] = d
             return out
         logits = self._cached_logits(paths) if self.kv_cache else self._full_logits(paths)
-        lp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()      # (B, V)
-        fail = logsumexp(lp[:, self.fail_ids], axis=1).tolist()             # (B,)
-        out = []
-        for row, f in zip(lp[:, self.key_ids].tolist(), fail):
-            d = dict(zip(self.keys, row))
-            d[FAIL] = f
-            out.append(d)
-        return out
+        return self._as_dicts(self._key_logprobs(logits), paths)
+
+    def _key_logprobs(self, logits) -> np.ndarray:
+        """(R, K+1) per row of logits: log π_θ(key) for keys = graph nodes, STOP, then FAIL = log Σ of the
+        other specials."""
+        lp = torch.log_softmax(logits.double(), dim=-1).cpu().numpy()      # (R, V)
+        return np.column_stack([lp[:, self.key_ids], logsumexp(lp[:, self.fail_ids], axis=1)])
+
+    def _as_dicts(self, table: np.ndarray, paths) -> list[dict]:
+        """[{token: log-prob}] per row of the (len(paths), K+1) table."""
+        keys = self.keys + [FAIL]
+        return [dict(zip(keys, row)) for row in table.tolist()]
 
 
 def enumerate_model(model, world, prompt: int, demo=None, device="cpu", feedback=None, kv_cache=True):
@@ -113,16 +117,140 @@ def enumerate_model(model, world, prompt: int, demo=None, device="cpu", feedback
                               ModelPolicy(model, world, prompt, demo, device, feedback, kv_cache))
 
 
+class BatchedModelPolicy(ModelPolicy):
+    """ModelPolicy over B contexts of one length, "DEMO y'_b SEP BOS s t" (b < B), at once: a call with
+    n paths runs the B·n (context, path) pairs in one forward, row b·n + i = context b ‖ path i, from
+    the parent prefix's cache row of the same context (one token per pair per tree level). graphworld
+    sees context 0's log-probs, which fix the tree (the same for every context while all log-probs are
+    finite); `levels` keeps every context's: per call (paths, (B, n, K+1) table of `_key_logprobs`)."""
+
+    def __init__(self, model, world, prompt: int, demos, device="cpu", kv_cache=True):
+        super().__init__(model, world, prompt, demos[0], device, kv_cache=kv_cache)
+        self.ctx = prompt_ids(world, [prompt] * len(demos), demos, device=device)  # (B, Tc)
+        self.levels = []
+
+    def _full_logits(self, paths) -> torch.Tensor:
+        """logits (B·n, V) after context b ‖ p_i[1:], one full forward pass (the reference)."""
+        ids = torch.cat([self.ctx.repeat_interleave(len(paths), 0), self._moves(paths).repeat(len(self.ctx), 1)], 1)
+        return self.model(ids)[:, -1]
+
+    def _cached_logits(self, paths) -> torch.Tensor:
+        """logits (B·n, V) after context b ‖ p_i[1:] (row b·n + i) from the KV cache; keeps this call's cache."""
+        B, n = len(self.ctx), len(paths)
+        if self._ctx_state is None:
+            logits, cache = self.model(self.ctx, return_cache=True)                      # B rows
+            self._ctx_state = (logits[:, -1], cache)
+        row_of, level = self._level if self._level is not None else ({}, None)
+        parents = [row_of.get(tuple(p[:-1])) for p in paths]
+        self._level = None
+        here = {tuple(p): i for i, p in enumerate(paths)}
+        if level is not None and len(paths[0]) > 1 and None not in parents:
+            n_prev = level[0][0].shape[0] // B
+            past = self._parent_cache(level, [b * n_prev + r for b in range(B) for r in parents])
+            new = self._moves(paths, last_only=True).repeat(B, 1)                        # (B·n, 1)
+        else:                                                                            # from the contexts
+            ctx_logits, ctx_cache = self._ctx_state
+            past = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in ctx_cache]
+            new = self._moves(paths).repeat(B, 1)                                        # (B·n, depth)
+            if new.shape[1] == 0:
+                self._level = (here, past)
+                return ctx_logits.repeat_interleave(n, 0)
+        logits, cache = self.model(new, past=past, return_cache=True)
+        self._level = (here, cache)
+        return logits[:, -1]
+
+    def _as_dicts(self, table: np.ndarray, paths) -> list[dict]:
+        """Records every context's rows; graphworld gets context 0's."""
+        table = table.reshape(len(self.ctx), len(paths), -1)
+        self.levels.append(([tuple(p) for p in paths], table))
+        return super()._as_dicts(table[0], paths)
+
+
+def leaf_log_probs_per_context(rs, levels, keys) -> np.ndarray:
+    """(B, |Y(x)|): log π(y | context b) = Σ_{nodes h·a on y} log π(a | h, context b) over the tree of rs, the
+    terms read from the recorded tables (`BatchedModelPolicy.levels`, columns `keys`) exactly as
+    enumerate_rollouts builds them: a token with its own child takes its column at the parent prefix; a
+    pooled failure leaf FAIL / FAIL:z of prefix h is log Σ over h's other tokens (in key order) whose route
+    label, z_h if h has one or the token is STOP/FAIL, else the token's concept, is its label."""
+    g, tree, token = rs.task.graph, rs.tree, rs.token
+    col = {k: c for c, k in enumerate(keys)}
+    offset = np.cumsum([0] + [len(p) for p, _ in levels])
+    row_of = {p: offset[li] + i for li, (paths, _) in enumerate(levels) for i, p in enumerate(paths)}
+    table = np.concatenate([t for _, t in levels], axis=1)                               # (B, R, K+1)
+    path_of, kids = [(token[0],)], {}
+    for c in range(1, tree.n_nodes):
+        p = int(tree.parent[c])
+        path_of.append(path_of[p] + (token[c],))
+        kids.setdefault(p, []).append(c)
+    own_nodes, own_rows, own_cols, pooled_groups = [], [], [], {}
+    for p, cs in kids.items():
+        r, z_h = row_of[path_of[p]], route_of(g, path_of[p])
+        own = {token[c] for c in cs if not is_fail(token[c])}
+        pooled = {}  # failure leaf token -> columns of the tokens pooled in it
+        for k in keys:
+            if k not in own:
+                z = z_h if (z_h != -1 or k in (STOP, FAIL)) else route_of(g, (k,))
+                pooled.setdefault(fail_token(z, z_h), []).append(col[k])
+        if set(pooled) != {token[c] for c in cs if is_fail(token[c])}:
+            raise RuntimeError("the pooled failure leaves of a prefix do not match the enumeration's")
+        for c in cs:
+            if is_fail(token[c]):
+                pooled_groups.setdefault(tuple(pooled[token[c]]), []).append((c, r))
+            else:
+                own_nodes.append(c)
+                own_rows.append(r)
+                own_cols.append(col[token[c]])
+    log_cond = np.zeros((tree.n_nodes, table.shape[0]))                                  # (N, B)
+    log_cond[own_nodes] = table[:, own_rows, own_cols].T
+    for cols, cr in pooled_groups.items():
+        nodes, rows = zip(*cr)
+        log_cond[list(nodes)] = logsumexp(table[:, list(rows)][:, :, list(cols)], axis=-1).T
+    return tree.path_sum(log_cond)[tree.leaf_node].T
+
+
 def _same_tree(a, b) -> None:
     if a.paths != b.paths:
         raise RuntimeError("enumerations of one prompt gave different rollout sets")
 
 
-def model_teacher(model, world, prompt: int, base, device="cpu") -> KernelTeacher:
-    """T_θ(y | y') over the base enumeration's Y(x): row j by enumerating with y'_j in context
-    (correct rollouts only; other rows, which D never uses, are set to the base row)."""
+def demonstration_log_probs(model, world, prompt: int, demos, base, device="cpu", kv_cache=True) -> np.ndarray:
+    """(len(demos), |Y(x)|): log π_θ(y | y'_b) over the base enumeration's Y(x), all demonstrations of one
+    context length in one batched enumeration (`BatchedModelPolicy`: no padding, so each row is the
+    per-demonstration enumeration's up to float rounding); a prompt where some token is impossible (−inf)
+    under some context, whose tree could then differ, is enumerated per demonstration."""
+    model.eval()
+    task, out = world.laws[prompt].task, np.empty((len(demos), len(base)))
+    by_len = {}
+    for b, d in enumerate(demos):
+        by_len.setdefault(len(d), []).append(b)
+    for idx in by_len.values():
+        pol = BatchedModelPolicy(model, world, prompt, [demos[b] for b in idx], device, kv_cache)
+        rs = enumerate_rollouts(task, pol)
+        _same_tree(base, rs)
+        if all(np.isfinite(t).all() for _, t in pol.levels):
+            out[idx] = leaf_log_probs_per_context(rs, pol.levels, pol.keys + [FAIL])
+            if np.abs(out[idx[0]] - rs.log_prob).max() > 1e-9:
+                raise RuntimeError("the batched rows disagree with graphworld's enumeration of the same context")
+        else:
+            for b in idx:
+                rs = enumerate_model(model, world, prompt, demo=demos[b], device=device, kv_cache=kv_cache)
+                _same_tree(base, rs)
+                out[b] = rs.log_prob
+    return out
+
+
+def model_teacher(model, world, prompt: int, base, device="cpu", batched=True) -> KernelTeacher:
+    """T_θ(y | y') over the base enumeration's Y(x): row j = log π_θ(· | y'_j in context) (correct
+    rollouts only; other rows, which D never uses, are set to the base row). batched: every
+    demonstration in one enumeration (`demonstration_log_probs`); else one enumeration per demonstration."""
     rows = np.tile(base.log_prob, (len(base), 1))
-    for j in np.flatnonzero(base.reward == 1):
+    correct = np.flatnonzero(base.reward == 1)
+    if batched:
+        if len(correct):
+            rows[correct] = demonstration_log_probs(model, world, prompt, [base.paths[j] for j in correct], base,
+                                                    device)
+        return KernelTeacher(rows)
+    for j in correct:
         rs = enumerate_model(model, world, prompt, demo=base.paths[j], device=device)
         _same_tree(base, rs)
         rows[j] = rs.log_prob
