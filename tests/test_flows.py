@@ -224,12 +224,12 @@ def kicked_demos(inst, log_pi, size=1e-4):
     return demos_from_successes(log_pi + size * u, inst.reward)
 
 
-def fp_agrees_with_rounds(inst, fp) -> bool:
-    """Stable: fp is the limit of the frozen token rounds from π0. Unstable: the rounds started from
-    D = π*(·|r=1) kicked end elsewhere."""
+def fp_agrees_with_rounds(inst, fp, teacher="frozen", level="token") -> bool:
+    """Stable: fp is the limit of the rounds from π0. Unstable: the rounds started from D = π*(·|r=1)
+    kicked end elsewhere (from π0 itself they may stay on it, when π0 is exactly symmetric)."""
     if fp.stable:
-        return fixed_point_is_rounds_limit(inst, fp.log_pi, "frozen", "token")
-    lim, _ = rounds_limit(inst.with_demos(kicked_demos(inst, fp.log_pi)), "frozen", "token")
+        return fixed_point_is_rounds_limit(inst, fp.log_pi, teacher, level)
+    lim, _ = rounds_limit(inst.with_demos(kicked_demos(inst, fp.log_pi)), teacher, level)
     return gap(lim, fp.log_pi) > SAME
 
 
@@ -270,14 +270,14 @@ def test_sabotage_no_stability_check_is_caught(monkeypatch):
 @given(st.one_of(route_copying_flat(), copy_flat()))
 def test_on_a_flat_tree_the_frozen_full_fixed_point_is_the_limit_of_frozen_sequence_rounds(inst):
     fp = solve(inst, FULL, "frozen")
-    assert fixed_point_is_rounds_limit(inst, fp.log_pi, "frozen", "sequence")
+    assert fp_agrees_with_rounds(inst, fp, "frozen", "sequence")
 
 
 @some
 @given(live_cases)
 def test_live_full_fixed_point_is_the_limit_of_live_token_rounds(inst):
     fp = solve(inst, FULL, "live")
-    assert fixed_point_is_rounds_limit(inst, fp.log_pi, "live", "token")
+    assert fp_agrees_with_rounds(inst, fp, "live", "token")
 
 
 @some
@@ -285,7 +285,7 @@ def test_live_full_fixed_point_is_the_limit_of_live_token_rounds(inst):
 def test_sequence_fixed_point_is_the_limit_of_sequence_rounds(case):
     inst, teacher = case
     fp = solve(inst, SEQ, teacher)
-    assert fixed_point_is_rounds_limit(inst, fp.log_pi, teacher, "sequence")
+    assert fp_agrees_with_rounds(inst, fp, teacher, "sequence")
 
 
 @few
