@@ -22,18 +22,19 @@ Measured 2026-12-01, 2-core Intel Xeon (shared, load average ≈ 2), torch 2.13 
 At tiny/small sizes the enumeration's Python bookkeeping dominates; the saving grows with width,
 depth and context length (the gpu preset's network, and the teacher's longer context).
 
-`python benchmarks/bench_model_enumeration.py --teacher [--threads 1] [--repeat 1]` times model_teacher on
+`python benchmarks/bench_model_enumeration.py --teacher [--threads 1] [--repeat 3]` times model_teacher on
 prompt 0 of the small and gpu presets: batched=False (one cached enumeration per correct demonstration)
 against batched=True (every demonstration's context in one enumeration, B·n (context, prefix) rows per
-forward), and the largest |Δ log T(y | y')| between the two (float32). Measured 2026-12-02, 2-core Intel Xeon
-(shared, load average 1.64 before / 1.70 after by `uptime`), torch 2.13 CPU, --threads 1 --repeat 1 (one run, seconds):
+forward, each context's rows then replayed through graphworld's enumeration), and the largest
+|Δ log T(y | y')| between the two (float32). Measured 2026-12-02, 2-core Intel Xeon (shared, load average
+0.66 before / 0.73 after), torch 2.13 CPU, --threads 1 --repeat 3 (best of 3, seconds):
 
     preset  demos  rollouts  per-demo  batched  ratio  max |Δ log T| (float32)
-    small      12        46     0.168    0.028   5.99  2.3e-07
-    gpu        36       125     1.271    0.550   2.31  1.7e-06
+    small      12        46     0.176    0.097   1.82  2.3e-07
+    gpu        36       125     1.713    1.269   1.35  1.7e-06
 
 (float32 rows differ at rounding level because the BLAS kernel depends on the batch's row count; in
-float64 they agree to ≤ 6e-14, tests/test_training_kvcache.py.)
+float64 tests/test_training_kvcache.py requires them equal to 1e-12.)
 """
 import os
 import platform

@@ -32,4 +32,7 @@ def main(examples: int = 200, seed: int = 0, rows=None):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, rows=set(sys.argv[2:]))
+    names = set(sys.argv[2:])
+    if not (len(sys.argv) < 2 or sys.argv[1].isdigit()) or names - {r[0] for r in ROWS}:
+        sys.exit(f"usage: python benchmarks/bench_verify.py [EXAMPLES] [ROW ...], rows: {' '.join(r[0] for r in ROWS)}")
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, rows=names)

@@ -34,7 +34,7 @@ class PrefixTree:
     def __post_init__(self):
         self.parent = np.asarray(self.parent, dtype=np.int64)
         self.leaf_node = np.asarray(self.leaf_node, dtype=np.int64)
-        if self.parent[0] != -1 or _any_in_blocks(self.parent, lambda c, p: p >= c):
+        if self.parent[0] != -1 or _any_in_blocks(self.parent, lambda c, p: (p >= c) | (p < 0)):
             raise GraphworldError("prefix tree nodes must be numbered parents-first")
         if self.depth is None:
             self.depth = _depths(self.parent)
@@ -489,7 +489,7 @@ def _enumerate_markov(task: Task, policy, table, pool_failures: bool, cap: int) 
             lcond.append(lc)
             if len(z):
                 max_label = max(max_label, int(z.max()))
-            made_next.append((ids[is_leaf], code[is_leaf].astype(np.int8), logp[is_leaf], z[is_leaf]))
+            made_next.append((ids[is_leaf], code[is_leaf], logp[is_leaf], z[is_leaf]))
             op = ~is_leaf
             nxt.append((ids[op], k[op], z[op], logp[op]))
             del fn, fc, fz, flp, stuck, rep, k, lc, z, code, ids, logp, is_leaf, op  # views pin the frontier

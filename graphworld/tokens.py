@@ -33,10 +33,16 @@ class Vocab:
         return len(self.nodes)
 
     def special(self, name: str) -> int:
+        if name not in self.specials:
+            raise GraphworldError(f"this vocabulary has no {name} token (specials: {', '.join(self.specials)}); "
+                                  "a feedback context needs a world built with FB")
         return self.n_nodes + self.specials.index(name)
 
     def node_id(self, v) -> int:
-        return self._index[v]
+        try:
+            return self._index[v]
+        except (KeyError, TypeError):
+            raise GraphworldError(f"{v!r} is not a node of this graph's vocabulary") from None
 
     @property
     def _index(self):

@@ -546,22 +546,26 @@ def check_p7(inst: Instance, max_rounds: int = 400, *, sdsd=sdsd_optimum, rebuil
         return Result(False, -np.inf, {"error": str(exc)})
 
 
+def _last_gains(hist) -> tuple[bool, list]:
+    """(the top strategy a of round 0 rose every round, [(g0_b, g1_b)]): every other strategy b's log-odds
+    gain against a, log(m_a/m_b), over the second-to-last and the last round ([] before three rounds)."""
+    a = int(np.argmax(hist[0]))
+    rising = all(h1[a] > h0[a] or h1[a] >= 1 - 1e-12 for h0, h1 in zip(hist[:-1], hist[1:]))
+    if len(hist) < 3:
+        return rising, []
+    with np.errstate(divide="ignore"):
+        odds = [np.log(h[a]) - np.log(h) for h in hist[-3:]]
+    return rising, [(g0, g1) for b, (g0, g1) in enumerate(zip(odds[1] - odds[0], odds[2] - odds[1])) if b != a]
+
+
 def _gains_certify(hist) -> bool:
     """The rising-gain certificate on the rounds so far: the top strategy a rose every round and, over the
     last two rounds, every other strategy's log-odds gain against a is positive and not falling. With
     φ(m) = m·log(1 + (1−eps)/(eps·m)) increasing, a round's gain of a over b is φ(m_a) − φ(m_b) > 0 while
     m_a > m_b, so the order is kept, the odds grow without bound and m_a → 1: the remaining rounds need
     not be run (their closed form is checked on every round that is)."""
-    if len(hist) < 3:
-        return False
-    a = int(np.argmax(hist[0]))
-    if not all(h1[a] > h0[a] or h1[a] >= 1 - 1e-12 for h0, h1 in zip(hist[:-1], hist[1:])):
-        return False
-    with np.errstate(divide="ignore"):
-        odds = [np.log(h[a]) - np.log(h) for h in hist[-3:]]
-    g0, g1 = odds[1] - odds[0], odds[2] - odds[1]
-    others = [b for b in range(len(hist[0])) if b != a]
-    return bool(others) and all(g1[b] > 0 and g1[b] >= g0[b] - 1e-12 for b in others)
+    rising, gains = _last_gains(hist)
+    return rising and bool(gains) and all(g1 > 0 and g1 >= g0 - 1e-12 for g0, g1 in gains)
 
 
 def _p7(inst, max_rounds, sdsd, rebuild, forward, rl) -> Result:
@@ -579,12 +583,7 @@ def _p7(inst, max_rounds, sdsd, rebuild, forward, rl) -> Result:
         hist.append(m)
         k += 1
     ent = [_entropy(h) for h in hist]
-    a = int(np.argmax(hist[0]))
-    top_rising = all(h1[a] > h0[a] or h1[a] >= 1 - 1e-12 for h0, h1 in zip(hist[:-1], hist[1:]))
-    with np.errstate(divide="ignore"):
-        odds = [np.log(h[a]) - np.log(h) for h in hist[-3:]]
-    last_gains = [(g0, g1) for g0, g1 in zip(odds[1] - odds[0], odds[2] - odds[1])] if len(odds) == 3 else []
-    last_gains = [pair for b, pair in enumerate(last_gains) if b != a]
+    _, last_gains = _last_gains(hist)
     rise = float(max(np.diff(ent).max(), 0.0))
     w = hist[0]
     top = np.sort(w)[::-1]
@@ -592,11 +591,7 @@ def _p7(inst, max_rounds, sdsd, rebuild, forward, rl) -> Result:
     heaviest = int(np.argmax(w))
     final = hist[-1]
     reached = final[heaviest] >= 1 - 1e-6
-    # Not reached within max_rounds (eps near 1 tilts slowly): certify the limit instead. The
-    # log-odds gain of the top strategy a over b per round is φ(m_a) − φ(m_b) with
-    # φ(m) = m·log(1 + (1−eps)/(eps·m)) increasing, so once m_a grows and every m_b shrinks the
-    # gains are positive and non-decreasing, and the odds diverge.
-    certified = bool(top_rising) and bool(last_gains) and all(gl > 0 and gl >= g0 - 1e-12 for g0, gl in last_gains)
+    certified = _gains_certify(hist)  # not reached within max_rounds (eps near 1 tilts slowly): the limit
     converged = (not unique) or reached or certified
     keep = 0.0
     cur, lp_fwd, lp_rl = inst, inst.log_base, inst.log_base

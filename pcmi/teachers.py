@@ -216,9 +216,16 @@ class LatentStrategyTeacher:
         return _group_logsumexp(np.where(on, log_D, -np.inf), np.maximum(self._owner, 0), self.n_strategies)
 
     def expected_log(self, log_D, tree: PrefixTree) -> np.ndarray:
-        """E_D log T(h | y') on every node. Disjoint strategies: Σ_z D(z)·log((1−eps)P_z(h) + eps·π0(h)),
-        where a prefix below which only strategy z has mass gives D(z)·log((1−eps)P_z(h) + eps·π0(h)) +
-        (1 − D(z))·log(eps·π0(h)): O(|tree| + K·#prefixes shared by several strategies)."""
+        """E_D log T(h | y') on every node. Disjoint strategies: a prefix h below which only strategy z has
+        mass has P_z(h) = π0(h)/w_z, so
+
+            E_D log T(h | y') = D(z)·[log π0(h) + A_z] + (1 − D(z))·[log π0(h) + log eps],
+            A_z = log((1−eps)/w_z + eps)
+
+        (each term only where D has mass inside / outside z; = log π0(h) + log eps + D(z)·log(1 + (1−eps)/
+        (eps·w_z)) for 0 < eps, theory.md's closed form); a prefix shared by several strategies takes
+        Σ_z D(z)·log((1−eps)P_z(h) + eps·π0(h)): O(|tree| + K·#shared prefixes). Overlapping strategies:
+        one term per posterior class, by `_ScaledLaws.expected_log`."""
         self._check_demos(log_D)
         if not self.disjoint:  # one class per distinct posterior, one scaled BLAS product per chunk
             log_wc, log_qc = self.posterior_classes(log_D)

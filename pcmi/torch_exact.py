@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .distributions import check_log_probs, float_array
 from .errors import PcmiInputError
+from .teachers import _check_unit
 
 CHUNK = 1 << 24  # rollouts per chunk on the device
 
@@ -39,15 +41,17 @@ def route_copying_sdsd_optimum(log_base, owner, log_D, eps: float, device=None) 
     """log π_SD(y) for a route-copying teacher (rollout y in strategy owner[y] ≥ 0; −1 only where
     π0(y) = 0) and demonstrations D, computed in torch on `device` (default: CUDA if present, else CPU)."""
     import torch
-    log_base, log_D = np.asarray(log_base, np.float64), np.asarray(log_D, np.float64)
+    log_base = check_log_probs(float_array(log_base, "base policy", ndim=1), "base policy")
+    log_D = check_log_probs(float_array(log_D, "demonstration distribution D", ndim=1), "demonstration distribution D")
     owner = np.asarray(owner)
-    if not (log_base.shape == log_D.shape == owner.shape) or log_base.ndim != 1:
+    if not (log_base.shape == log_D.shape == owner.shape):
         raise PcmiInputError("log_base, owner and log_D must be flat arrays of one length (one entry per rollout)")
     if not np.issubdtype(owner.dtype, np.integer) or np.any(np.isfinite(log_base) & (owner < 0)):
         raise PcmiInputError("owner must be an integer strategy index >= 0 for every rollout with π0(y) > 0")
-    eps = float(eps)
-    if not 0.0 <= eps <= 1.0:
-        raise PcmiInputError(f"eps must lie in [0, 1], got {eps!r}")
+    if np.any(np.isfinite(log_D) & ~np.isfinite(log_base)):
+        raise PcmiInputError("demonstrations D put mass on a rollout with zero base probability, "
+                             "where the route-copying teacher T(·|y') is undefined")
+    eps = _check_unit(eps, "eps")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     K = int(owner.max(initial=-1)) + 1
     groups = np.maximum(owner, 0).astype(np.int64)

@@ -264,15 +264,15 @@ def test_blockwise_tree_checks_equal_the_whole_array_checks(data, block):
     bfs = data.draw(st.booleans())
     parent = [-1] + [data.draw(st.integers(0, c - 1)) for c in range(1, n)]
     parent = np.array([-1] + sorted(parent[1:]) if bfs else parent, dtype=np.int64)
-    if data.draw(st.booleans()):  # a non-parents-first pointer somewhere
+    if data.draw(st.booleans()):  # a non-parents-first pointer somewhere, or a second root
         c = data.draw(st.integers(1, n - 1))
-        parent[c] = data.draw(st.integers(c, n - 1))
+        parent[c] = data.draw(st.integers(c, n - 1) | st.just(-1))
     depth = np.zeros(n, np.int64)
     for c in range(1, n):
         depth[c] = depth[min(parent[c], c - 1)] + 1
     if data.draw(st.booleans()):
         depth[data.draw(st.integers(1, n - 1))] += data.draw(st.sampled_from([-1, 1]))
-    parents_first = bool(np.all(parent[1:] < np.arange(1, n)))
+    parents_first = bool(np.all((parent[1:] < np.arange(1, n)) & (parent[1:] >= 0)))
     depths_ok = bool(np.all(depth[1:] == depth[parent[1:]] + 1))
     with block_size(block):
         if not parents_first:
@@ -347,8 +347,8 @@ def reference_enumerate_markov(task: Task, policy, table, pool_failures: bool, c
         k, lc, zh = acts[a], lps[a], f_z[rep]
         z = np.where((zh != -1) | (k == STOP_ID), zh, concept[k])
         stop = k == STOP_ID
-        code = reference_outcome_codes(k, ~is_edge[a], f_cur[rep] == t_id, dist_t[k], outdeg[k], k == t_id, stop,
-                              d, L, has_stop)
+        code = E._outcome_codes(k, ~is_edge[a], f_cur[rep] == t_id, dist_t[k], outdeg[k], k == t_id, stop,
+                                d, L, has_stop)
         pooled = (code != E._CONTINUE) & (code != 0) if pool_failures else np.zeros(len(k), bool)
         keep = ~pooled
         # pooled failures: one leaf per (prefix, label), in label order, after the prefix's other children
@@ -419,14 +419,3 @@ def reference_leaf_paths(tree, tok, leaf_nodes, tok_obj, stop_id):
     return LeafPaths(ids, length.astype(np.int32), tok_obj)
 
 
-def reference_outcome_codes(k, invalid, at_target, dist_k, outdeg_k, k_is_target, stop, d, L, has_stop):
-    """`_outcome` for a whole level at once: index into _CODES per action, _CONTINUE if the walk goes on."""
-    conds = [(stop & at_target, "success"), (stop, "stop_elsewhere"), (invalid, "invalid_move"),
-             (np.full(len(k), d + 1 > L), "truncated")]
-    if not has_stop:
-        conds.append((k_is_target, "success"))
-    conds.append(((dist_k > L - (d + 1)) | ((not has_stop) & (outdeg_k == 0)), "dead_end"))
-    code = np.full(len(k), E._CONTINUE)
-    for where, name in reversed(conds):  # the first condition that holds wins
-        code[where] = E._CODES.index(name)
-    return code

@@ -257,6 +257,39 @@ def test_a_stable_fixed_point_is_flagged_stable():
     assert fp.stable and 0 < fp.growth < 1 and not fp.passed_unstable
 
 
+def _live_collapse():
+    lb = np.log([0.5, 0.3, 0.2])
+    t = LatentStrategyTeacher.route_copying(lb, np.arange(3), 0.5)
+    return Instance(lb, [1, 1, 1], t, lb, route=np.arange(3))
+
+
+def test_a_collapse_vertex_is_stable():
+    """The live rounds' collapse vertex still drifts in logit space; the kick's divergence from the
+    unkicked trajectory (not its distance to the point) says it attracts."""
+    fp = on_policy_fixed_point(_live_collapse(), FULL, "live", tol=1e-6, max_rounds=2000)  # kick measurable
+    assert probs(fp.log_pi)[0] >= 1 - 1e-5 and 0 < fp.growth and fp.stable
+
+
+def test_sabotage_growth_measured_against_the_point_is_caught(monkeypatch):
+    """Growth as the kicked trajectory's distance to the (drifting) point itself: the vertex looks unstable."""
+    import pcmi.flows as flows_mod
+    from pcmi.distributions import total_variation
+
+    def against_the_point(inst, policy, state, sched, mode, lam, reached_par, demos, step_tv):
+        u = np.random.default_rng(0).standard_normal(policy.theta.shape)
+        u = np.where(np.isfinite(policy.log_prefix[reached_par]) & np.isfinite(policy.theta), u, 0.0)
+        u[0] = 0.0
+        pol, st = policy.with_theta(policy.theta + flows_mod.KICK * u), state
+        d0 = total_variation(policy.log_seq, pol.log_seq)
+        for _ in range(flows_mod.GROWTH_ROUNDS):
+            rep = flows_mod.on_policy_step(inst, pol, sched, st, mode, "", demos)
+            pol = pol.with_theta(pol.theta - flows_mod._natural_move(pol, rep, mode, lam, reached_par))
+            st = sched.update(st, pol.log_seq)
+        return (total_variation(policy.log_seq, pol.log_seq) / d0) ** (1 / flows_mod.GROWTH_ROUNDS), pol, st
+    monkeypatch.setattr(flows_mod, "_growth", against_the_point)
+    assert not on_policy_fixed_point(_live_collapse(), FULL, "live", tol=1e-6, max_rounds=2000).stable
+
+
 def test_sabotage_no_stability_check_is_caught(monkeypatch):
     """A solver that calls every certified point stable returns the symmetric point as the rounds'
     limit; the rounds from π0 leave it."""

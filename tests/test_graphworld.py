@@ -184,3 +184,15 @@ def test_path_sum_reaches_minus_inf_without_a_warning():
         warnings.simplefilter("error")
         out = tree.path_sum(np.array([0.0, -1e308, -1e308]))
     assert out[2] == -np.inf and out[1] == -1e308
+
+
+def test_vocab_refuses_a_missing_special_or_node_in_one_line():
+    g = gw.multi_route_dag(2, 1, 1, seed=0)
+    v = gw.Vocab.of(g)
+    s, t = g.graph["prompts"][0]
+    for call, words in ((lambda: v.encode_prompt(s, t, feedback=t), "no FB token"),
+                        (lambda: v.encode_prompt(s, "nowhere"), "not a node")):
+        with pytest.raises(gw.GraphworldError, match=words) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert gw.Vocab.of(g, feedback=True).encode_prompt(s, t, feedback=t)[0] == gw.Vocab.of(g, feedback=True).special("FB")

@@ -71,6 +71,10 @@ def test_sabotage_unshifted_group_sums_are_caught(monkeypatch):
     (lambda: torch_exact.route_copying_sdsd_optimum([0.0], [0, 1], [0.0], 0.1), "one length"),
     (lambda: torch_exact.route_copying_sdsd_optimum([0.0], [-1], [0.0], 0.1), "strategy index"),
     (lambda: torch_exact.route_copying_sdsd_optimum([0.0], [0], [0.0], 2.0), "eps must lie"),
+    (lambda: torch_exact.route_copying_sdsd_optimum([0.0], [0], [0.0], "x"), "eps must be a number"),
+    (lambda: torch_exact.route_copying_sdsd_optimum([float("nan")], [0], [0.0], 0.1), "NaN"),
+    (lambda: torch_exact.route_copying_sdsd_optimum([0.0, -np.inf], [0, -1], [-np.inf, 0.0], 0.1), "zero base"),
+    (lambda: torch_exact.route_copying_sdsd_optimum([0.0], [0], [-1.0], 0.1), "not normalized"),
 ])
 def test_bad_input_is_one_line(call, words):
     with pytest.raises(PcmiInputError, match=words) as e:
