@@ -7,9 +7,10 @@ rollouts (random π0, 70% correct, D = π0(·|r=1), eps = 0.1) for two overlappi
 - dirichlet: K strategy laws drawn from a Dirichlet (every demonstration has its own posterior);
 
 three ways, in one run: the previous implementation (log-space logsumexp over (256, K, |Y|) chunks of
-demonstrations, commit 80e4de9), pcmi now (posterior classes + one scaled BLAS product per chunk), and a
-plain dense numpy reference (T = (1−eps)·Q·P + eps·π0 in probability space, then D·log T), and checks
-that all three agree. `python -m pytest benchmarks/bench_latent_teacher.py` times N = 2000.
+demonstrations, commit 80e4de9; timed once), pcmi now (posterior classes + scaled BLAS products streamed
+in cache-sized tiles, node blocks on every core; also timed on one thread), and a plain dense numpy
+reference (T = (1−eps)·Q·P + eps·π0 in probability space, then D·log T); medians of 3 except the
+previous one, and checks that all three agree. `python -m pytest benchmarks/bench_latent_teacher.py` times N = 2000.
 """
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from graphworld import PrefixTree
+from pcmi import teachers as teachers_mod
 from pcmi.distributions import logsumexp, prob_of
 from pcmi.teachers import LatentStrategyTeacher, _mix, _weighted, expected_log_teacher
 
@@ -60,10 +62,24 @@ def dense_reference(t, log_D) -> np.ndarray:
     return np.exp(log_D[idx]) @ np.log(T)
 
 
-def timed(f, *a):
-    t0 = time.perf_counter()
-    out = f(*a)
-    return out, time.perf_counter() - t0
+def timed(f, *a, repeat: int = 1):
+    """(f(*a), median wall time of `repeat` calls)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = f(*a)
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def one_thread(f):
+    def g(*a):
+        saved, teachers_mod.MAX_THREADS = teachers_mod.MAX_THREADS, 1
+        try:
+            return f(*a)
+        finally:
+            teachers_mod.MAX_THREADS = saved
+    return g
 
 
 def compare(n: int, K: int) -> dict:
@@ -71,11 +87,13 @@ def compare(n: int, K: int) -> dict:
     rows = {}
     for name, t in teachers(n, K).items():
         log_D = demos(t, n)
-        new, t_new = timed(expected_log_teacher, t, log_D, tree)
+        new, t_new = timed(expected_log_teacher, t, log_D, tree, repeat=3)
+        one, t_one = timed(one_thread(expected_log_teacher), t, log_D, tree, repeat=3)
         old, t_old = timed(previous_expected_log, t, log_D, tree)
-        ref, t_ref = timed(dense_reference, t, log_D)
+        ref, t_ref = timed(dense_reference, t, log_D, repeat=3)
+        assert np.array_equal(one, new)  # the tiles do not depend on the thread count
         leaves = tree.leaf_node
-        rows[name] = {"previous_s": t_old, "now_s": t_new, "dense_numpy_s": t_ref,
+        rows[name] = {"previous_s": t_old, "now_s": t_new, "now_1_thread_s": t_one, "dense_numpy_s": t_ref,
                       "max_diff_previous": float(np.max(np.abs(new - old))),
                       "max_diff_dense": float(np.max(np.abs(new[leaves] - ref))),
                       "classes": len(t.posterior_classes(log_D)[0])}
@@ -93,6 +111,6 @@ if __name__ == "__main__":
     K = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     for name, r in compare(n, K).items():
         print(f"N={n} K={K} {name} ({r['classes']} posterior classes): previous {r['previous_s']:.3f} s, "
-              f"now {r['now_s']:.4f} s, dense numpy {r['dense_numpy_s']:.3f} s; "
-              f"previous/now {r['previous_s'] / r['now_s']:.0f}x, dense/now {r['dense_numpy_s'] / r['now_s']:.2f}x; "
+              f"now {r['now_s']:.4f} s ({teachers_mod._cores()} threads; one thread {r['now_1_thread_s']:.4f} s), dense numpy {r['dense_numpy_s']:.3f} s; "
+              f"previous/now {r['previous_s'] / r['now_s']:.0f}x (one thread {r['previous_s'] / r['now_1_thread_s']:.0f}x), dense/now {r['dense_numpy_s'] / r['now_s']:.2f}x; "
               f"max |diff| vs previous {r['max_diff_previous']:.1e}, vs dense {r['max_diff_dense']:.1e}")

@@ -12,9 +12,12 @@ come from that stream unless the teacher has a closed form for them (route-copyi
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from graphworld.enumeration import PrefixTree
 
@@ -25,6 +28,10 @@ CHUNK = 256
 _CHUNK_ENTRIES = 1 << 22   # at most ~4M teacher entries (32 MB) per streamed chunk
 POSTERIOR_DECIMALS = 13    # posteriors equal to this many decimals of log q share a demonstration class
 UNDERFLOW = 1e-200         # a probability-space sum below this is redone in log space
+TILE_ENTRIES = 1 << 16     # teacher entries per tile of the streamed expected log (512 kB: stays in cache)
+TILE_ROWS = 64             # demonstration classes per tile (tile: 64 × 1024 nodes)
+MAX_THREADS = 8            # node blocks of the expected log run on at most this many cores
+PARALLEL_ENTRIES = 1 << 22  # below this many entries (classes × nodes) the expected log stays on one thread
 
 
 def _check_unit(x, name, *, open_low=False, open_high=False) -> float:
@@ -230,7 +237,7 @@ class LatentStrategyTeacher:
         if not self.disjoint:  # one class per distinct posterior, one scaled BLAS product per chunk
             log_wc, log_qc = self.posterior_classes(log_D)
             laws = _ScaledLaws(tree.prefix_logsumexp(self.log_P), tree.prefix_logsumexp(self.log_base), self.eps)
-            return laws.expected_log(log_wc, log_qc, _chunk_rows(tree))
+            return laws.expected_log(log_wc, log_qc)
         nodes = _strategy_nodes(self, tree)
         base = tree.prefix_logsumexp(self.log_base)
         lw = self._strategy_demo_mass(log_D)
@@ -379,19 +386,33 @@ class _ScaledLaws:
         self.shift = np.where(np.isfinite(top), top, 0.0)                         # log M(h)
         self.scaled = np.exp(np.vstack([log_P_nodes, log_base_nodes[None, :]]) - self.shift)  # (K + 1, |tree|)
 
+    def coefficients(self, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c, r): the rows c_b = [(1−eps)·q_b / max q_b, eps / max q_b] (entries in [0, 1]) of the scaled
+        product and r_b = log max q_b (≥ −log K: q sums to 1), for the rows q_b of log_q (B, K)."""
+        row = log_q.max(axis=1)
+        coef = np.hstack([(1 - self.eps) * np.exp(log_q - row[:, None]), self.eps * np.exp(-row)[:, None]])
+        return coef, row
+
+    def log_sums(self, s: np.ndarray, log_q: np.ndarray, row: np.ndarray, start: int = 0) -> bool:
+        """s = coef @ scaled[:, start:start + width] replaced in place by its log, L = log T − r − log M;
+        sums below UNDERFLOW are redone in log space. Returns whether any was (only then can L be −inf)."""
+        if s.size == 0 or s.min() >= UNDERFLOW:
+            np.log(s, out=s)
+            return False
+        b, h = np.nonzero(s < UNDERFLOW)
+        with np.errstate(divide="ignore"):
+            np.log(s, out=s)
+        h_all = h + start
+        inner = logsumexp(log_q[b] + self.log_P[:, h_all].T, axis=1)
+        s[b, h] = _mix(inner, 1 - self.eps, self.log_base[h_all], self.eps) - row[b] - self.shift[h_all]
+        return True
+
     def log_scaled(self, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(L, r) with log T(h | q_b) = L[b, h] + r[b] + log M(h), for the rows q_b of log_q (B, K)."""
-        row = log_q.max(axis=1)                                                  # ≥ −log K: q sums to 1
-        coef = np.hstack([(1 - self.eps) * np.exp(log_q - row[:, None]), self.eps * np.exp(-row)[:, None]])
+        coef, row = self.coefficients(log_q)
         s = coef @ self.scaled
-        redo = s < UNDERFLOW
-        with np.errstate(divide="ignore"):
-            out = np.log(s, out=s)
-        if redo.any():  # terms that underflowed in probability space: the exact log-space sum there
-            b, h = np.nonzero(redo)
-            inner = logsumexp(log_q[b] + self.log_P[:, h].T, axis=1)
-            out[b, h] = _mix(inner, 1 - self.eps, self.log_base[h], self.eps) - row[b] - self.shift[h]
-        return out, row
+        self.log_sums(s, log_q, row)
+        return s, row
 
     def log_teacher(self, log_q: np.ndarray) -> np.ndarray:
         """log T(h | q) for each row q of log_q (B, K): shape (B, |tree|)."""
@@ -400,21 +421,60 @@ class _ScaledLaws:
         out += self.shift
         return out
 
-    def expected_log(self, log_w: np.ndarray, log_q: np.ndarray, chunk: int) -> np.ndarray:
+    def expected_log(self, log_w: np.ndarray, log_q: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Σ_c w_c log T(h | q_c) over classes c of weight w_c (all present: one with T(h | q_c) = 0 makes
-        h −inf even if w_c underflows), as Σ_c w_c L_c(h) + Σ_c w_c r_c + (Σ_c w_c)·log M(h)."""
+        h −inf even if w_c underflows), as Σ_c w_c L_c(h) + Σ_c w_c r_c + (Σ_c w_c)·log M(h).
+
+        Streamed in tiles of TILE_ENTRIES entries (TILE_ROWS classes × a block of nodes) that stay in
+        cache: one BLAS product, one log and one weighted row sum per tile, into one reused buffer. Node
+        blocks are independent, so `threads` (default: the cores, at most MAX_THREADS) run them in
+        parallel with single-threaded BLAS; the tiles do not depend on the thread count, so neither
+        does the result, to the last bit."""
         w = prob_of(log_w)
-        total, dead = np.zeros(self.scaled.shape[1]), np.zeros(self.scaled.shape[1], bool)
-        for lo in range(0, len(w), chunk):
-            L, row = self.log_scaled(log_q[lo:lo + chunk])
-            zero = np.isneginf(L)
-            if zero.any():
-                dead |= zero.any(axis=0)
-                L[zero] = 0.0
-            total += w[lo:lo + chunk] @ L + w[lo:lo + chunk] @ row
+        n = self.scaled.shape[1]
+        total, dead = np.zeros(n), np.zeros(n, bool)
+        coef, row = self.coefficients(log_q)
+        rows = TILE_ROWS
+        width = max(1, TILE_ENTRIES // rows)
+        floor = self.scaled[-1]  # s ≥ coef[:, −1]·π0(h)/M(h): a tile above UNDERFLOW by this bound needs no check
+
+        def block(c0: int) -> None:
+            laws, acc = self.scaled[:, c0:c0 + width], total[c0:c0 + width]
+            low = floor[c0:c0 + width].min()
+            buf = np.empty(rows * laws.shape[1])
+            for r0 in range(0, len(w), rows):
+                c = coef[r0:r0 + rows]
+                s = buf[:len(c) * laws.shape[1]].reshape(len(c), laws.shape[1])
+                np.matmul(c, laws, out=s)
+                if c[:, -1].min() * low >= UNDERFLOW:
+                    np.log(s, out=s)
+                elif self.log_sums(s, log_q[r0:r0 + rows], row[r0:r0 + rows], c0):
+                    zero = np.isneginf(s)
+                    dead[c0:c0 + laws.shape[1]] |= zero.any(axis=0)
+                    s[zero] = 0.0
+                acc += w[r0:r0 + rows] @ s
+
+        starts = range(0, n, width)
+        threads = min(len(starts), _cores() if threads is None else max(1, int(threads)))
+        if threads > 1 and len(w) * n >= PARALLEL_ENTRIES:
+            with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+                list(pool.map(block, starts))
+        else:
+            for c0 in starts:
+                block(c0)
+        total += w @ row
         total += w.sum() * self.shift
         total[dead] = -np.inf
         return total
+
+
+def _cores() -> int:
+    """The cores this process may run on, at most MAX_THREADS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
 def _chunk_rows(tree: PrefixTree) -> int:

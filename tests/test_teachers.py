@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from dit import Distribution
 from dit.multivariate.cross_mutual_information import cross_coinformation
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
@@ -494,13 +494,13 @@ class PreviousStream:
 
 
 def same_as_previous(teacher, log_D, tree, tol=1e-12) -> bool:
-    """E_D log T, log E_D T and the token mixture equal the previous implementation's: the same −inf
-    pattern and values to tol (relative to max(1, |value|))."""
+    """E_D log T, log E_D T and the token mixture equal the previous implementation's: no NaN, the same
+    ±inf pattern and values to tol (relative to max(1, |value|))."""
     old = PreviousStream(teacher)
     for f in (expected_log_teacher, mixture_log_teacher, token_mixture_log):
         a = f(teacher, log_D, tree)
         b = teachers_mod.expected_log_by_classes(old, log_D, tree) if f is expected_log_teacher else f(old, log_D, tree)
-        if not np.array_equal(np.isfinite(a), np.isfinite(b)) or not np.array_equal(a == np.inf, b == np.inf):
+        if np.isnan(a).any() or not all(np.array_equal(f(a), f(b)) for f in (np.isneginf, np.isposinf)):
             return False
         m = np.isfinite(a)
         if np.any(np.abs(a[m] - b[m]) > tol * np.maximum(1.0, np.abs(b[m]))):
@@ -542,6 +542,78 @@ def test_sabotage_no_log_space_redo_is_caught(monkeypatch):
     monkeypatch.setattr(teachers_mod, "UNDERFLOW", 0.0)
     from graphworld import PrefixTree
     assert not same_as_previous(_underflow_teacher(), np.log([0.5, 0.5, 0.0]), PrefixTree.flat(3))
+
+
+def _small_tiles(monkeypatch, rows=2, entries=6, cores=3):
+    """Tiles of `rows` classes × entries/rows nodes and `cores` threads from the first entry on, so
+    that the small hypothesis instances cross many node blocks, row tiles and threads."""
+    monkeypatch.setattr(teachers_mod, "TILE_ROWS", rows)
+    monkeypatch.setattr(teachers_mod, "TILE_ENTRIES", entries)
+    monkeypatch.setattr(teachers_mod, "PARALLEL_ENTRIES", 0)
+    monkeypatch.setattr(teachers_mod, "_cores", lambda: cores)
+
+
+@settings(max_examples=40)
+@given(st.one_of(extreme_instances(kinds=("latent",)), latent_instances(),
+                 graph_instances().map(lambda pair: pair[0])))
+def test_tiled_threaded_expected_log_equals_the_previous_implementation(inst):
+    """The tiles of the streamed expected log (node blocks run on threads) against the previous
+    per-demonstration stream, and the same bits whatever the number of threads."""
+    t = inst.teacher
+    if not (isinstance(t, LatentStrategyTeacher) and not t.disjoint):
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        _small_tiles(mp)
+        assert same_as_previous(t, inst.log_demos, inst.tree)
+        log_wc, log_qc = t.posterior_classes(inst.log_demos)
+        laws = teachers_mod._ScaledLaws(inst.tree.prefix_logsumexp(t.log_P),
+                                        inst.tree.prefix_logsumexp(t.log_base), t.eps)
+        one = laws.expected_log(log_wc, log_qc, threads=1)
+        for k in (2, 3):
+            assert np.array_equal(laws.expected_log(log_wc, log_qc, threads=k), one, equal_nan=True)
+
+
+def test_underflow_in_a_later_node_block_is_redone_there(monkeypatch):
+    """The log-space redo of a tile in node block b reads the laws of block b's own nodes."""
+    from graphworld import PrefixTree
+    _small_tiles(monkeypatch, rows=1, entries=2)  # blocks of 2 nodes: y1 (node 2) lies in the second
+    t, tree, log_D = _underflow_teacher(), PrefixTree.flat(3), np.log([0.5, 0.5, 0.0])
+    assert same_as_previous(t, log_D, tree)
+
+
+def test_sabotage_redo_without_the_block_offset_is_caught(monkeypatch):
+    from graphworld import PrefixTree
+    _small_tiles(monkeypatch, rows=1, entries=2)
+    orig = teachers_mod._ScaledLaws.log_sums
+    monkeypatch.setattr(teachers_mod._ScaledLaws, "log_sums", lambda self, s, q, r, start=0: orig(self, s, q, r, 0))
+    assert not same_as_previous(_underflow_teacher(), np.log([0.5, 0.5, 0.0]), PrefixTree.flat(3))
+
+
+def _zero_teacher_values():
+    """eps = 0 and y' = y0 (strategy 0 only) gives T(y3..y5 | y0) = 0; y0's weight underflows
+    (log D = −800) but it is present, so E_D log T must be −inf there, never 0·(−inf) = NaN."""
+    from graphworld import PrefixTree
+    log_P = np.log(np.array([[0.4, 0.3, 0.3, 0.0, 0.0, 0.0], [0.0, 0.2, 0.2, 0.2, 0.2, 0.2]]))
+    t = LatentStrategyTeacher(np.log([0.5, 0.5]), log_P, 0.0)
+    return t, PrefixTree.flat(6), np.array([-800.0, 0.0, -np.inf, -np.inf, -np.inf, -np.inf])
+
+
+def test_zero_teacher_values_in_a_later_block_give_minus_inf(monkeypatch):
+    t, tree, log_D = _zero_teacher_values()
+    _small_tiles(monkeypatch, rows=1, entries=2)  # nodes 4–7 (y3..y5) lie in blocks 2 and 3
+    e = expected_log_teacher(t, log_D, tree)
+    assert np.all(np.isneginf(e[tree.leaf_node[3:]])) and np.all(np.isfinite(e[tree.leaf_node[:3]]))
+    assert same_as_previous(t, log_D, tree)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the sabotage's NaN, raised on a worker thread
+def test_sabotage_zero_teacher_values_left_to_the_weighted_sum_is_caught(monkeypatch):
+    """A tile that skips the zero bookkeeping leaves 0·(−inf) = NaN in the weighted sum."""
+    t, tree, log_D = _zero_teacher_values()
+    _small_tiles(monkeypatch, rows=1, entries=2)
+    orig = teachers_mod._ScaledLaws.log_sums
+    monkeypatch.setattr(teachers_mod._ScaledLaws, "log_sums", lambda self, *a: orig(self, *a) and False)
+    assert not same_as_previous(t, log_D, tree)
 
 
 def _distinct_posteriors():
