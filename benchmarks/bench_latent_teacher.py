@@ -10,10 +10,12 @@ three ways, in one run: the previous implementation (log-space logsumexp over (2
 demonstrations, commit 80e4de9; timed once), pcmi now (posterior classes + scaled BLAS products streamed
 in cache-sized tiles, node blocks on every core; also timed on one thread), and a plain dense numpy
 reference (T = (1−eps)·Q·P + eps·π0 in probability space, then D·log T); medians of 3 except the
-previous one, and checks that all three agree. `python -m pytest benchmarks/bench_latent_teacher.py` times N = 2000.
+previous one, and checks that all three agree. Then log E_D T (the forward-KL optimum's prefix
+marginals) from K strategy masses against the logsumexp over the stream of teacher rows. `python -m pytest benchmarks/bench_latent_teacher.py` times N = 2000.
 """
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.special import log_softmax
@@ -21,7 +23,7 @@ from scipy.special import log_softmax
 from graphworld import PrefixTree
 from pcmi import teachers as teachers_mod
 from pcmi.distributions import logsumexp, prob_of
-from pcmi.teachers import LatentStrategyTeacher, _mix, _weighted, expected_log_teacher
+from pcmi.teachers import LatentStrategyTeacher, _mix, _weighted, expected_log_teacher, mixture_log_teacher
 
 EPS = 0.1
 
@@ -100,6 +102,17 @@ def compare(n: int, K: int) -> dict:
     return rows
 
 
+def compare_mixture(n: int, K: int) -> dict:
+    """log E_D T (the forward-KL optimum's prefix marginals): K strategy masses vs the stream of rows."""
+    tree, rows = PrefixTree.flat(n), {}
+    for name, t in teachers(n, K).items():
+        log_D = demos(t, n)
+        new, t_new = timed(mixture_log_teacher, t, log_D, tree, repeat=3)
+        old, t_old = timed(mixture_log_teacher, SimpleNamespace(demo_classes=t.demo_classes), log_D, tree)
+        rows[name] = {"stream_s": t_old, "now_s": t_new, "max_diff": float(np.max(np.abs(new - old)))}
+    return rows
+
+
 def test_latent_teacher_2000(benchmark):
     t = teachers(2000, 8)["dirichlet"]
     tree = PrefixTree.flat(2000)
@@ -114,3 +127,6 @@ if __name__ == "__main__":
               f"now {r['now_s']:.4f} s ({teachers_mod._cores()} threads; one thread {r['now_1_thread_s']:.4f} s), dense numpy {r['dense_numpy_s']:.3f} s; "
               f"previous/now {r['previous_s'] / r['now_s']:.0f}x (one thread {r['previous_s'] / r['now_1_thread_s']:.0f}x), dense/now {r['dense_numpy_s'] / r['now_s']:.2f}x; "
               f"max |diff| vs previous {r['max_diff_previous']:.1e}, vs dense {r['max_diff_dense']:.1e}")
+    for name, r in compare_mixture(n, K).items():
+        print(f"N={n} K={K} {name} mixture log E_D T: stream of rows {r['stream_s']:.3f} s, strategy masses "
+              f"{r['now_s']:.4f} s, {r['stream_s'] / r['now_s']:.0f}x; max |diff| {r['max_diff']:.1e}")

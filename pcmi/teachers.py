@@ -260,6 +260,26 @@ class LatentStrategyTeacher:
             out[nodes.mixed] = _weighted(d[None, :], rows, present[None, :]).sum(axis=1)
         return out
 
+    def mixture_log(self, log_D, tree: PrefixTree) -> np.ndarray:
+        """log E_D T(h | y') = log[(1−eps)·Σ_z m_z P_z(h) + eps·π0(h)·Σ D], m_z = Σ_{y'} D(y') q(z | y'):
+        T is linear in the posterior, so the forward-KL optimum's prefix marginals need only the K
+        strategy masses m, in O(K·|tree|) (route-copying: m_z = D(z), and a prefix owned by z has
+        Σ_z m_z P_z(h) = D(z)·P_z(h), O(|tree|))."""
+        self._check_demos(log_D)
+        log_total = logsumexp(log_D)
+        if not np.isfinite(log_total):  # no demonstration: E_D T = 0 everywhere
+            return np.full(tree.n_nodes, -np.inf)
+        if self.disjoint:
+            nodes, lw = _strategy_nodes(self, tree), self._strategy_demo_mass(log_D)
+            inner = np.where(nodes.owner >= 0, lw[np.maximum(nodes.owner, 0)] + nodes.own_log_p, -np.inf)
+            if len(nodes.mixed):
+                inner[nodes.mixed] = logsumexp(lw[None, :] + nodes.mixed_log_p, axis=1)
+        else:
+            log_wc, log_qc = self.posterior_classes(log_D)
+            log_m = logsumexp(log_wc[:, None] + log_qc, axis=0)                       # (K,)
+            inner = logsumexp(log_m[:, None] + tree.prefix_logsumexp(self.log_P), axis=0)
+        return _mix(inner - log_total, 1 - self.eps, tree.prefix_logsumexp(self.log_base), self.eps) + log_total
+
     def rebuilt(self, log_pi) -> "LatentStrategyTeacher":
         """The teacher of a new model π (theory.md §4): same P_z, weights = π's strategy masses
         m_z = Σ_y π(y) q(z | y) (exact for route-copying, where π = Σ_z m_z P_z stays true)."""

@@ -1,4 +1,6 @@
 """Teachers: the fast paths equal the dense |Y|×|Y| computation; PCMI agrees with dit."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from dit import Distribution
@@ -437,8 +439,8 @@ def test_sabotage_shared_prefixes_left_out_is_caught(monkeypatch):
     real = T._StrategyNodes.log_p
     monkeypatch.setattr(T._StrategyNodes, "log_p", lambda self, z: np.where(self.owner == z, self.own_log_p, -np.inf))
     t = LatentStrategyTeacher.route_copying(inst.log_base, ro.route, 0.2)
-    with pytest.raises(AssertionError):
-        _close(mixture_log_teacher(t, inst.log_demos, inst.tree), mixture_log_teacher(by_hand, inst.log_demos, inst.tree))
+    with pytest.raises(AssertionError):  # the token mixture streams the per-strategy rows log_p
+        _close(token_mixture_log(t, inst.log_demos, inst.tree), token_mixture_log(by_hand, inst.log_demos, inst.tree))
     monkeypatch.setattr(T._StrategyNodes, "log_p", real)
     mixed = T._StrategyNodes(t, inst.tree)
     assert 0 in mixed.mixed  # the root is shared by every route
@@ -614,6 +616,63 @@ def test_sabotage_zero_teacher_values_left_to_the_weighted_sum_is_caught(monkeyp
     orig = teachers_mod._ScaledLaws.log_sums
     monkeypatch.setattr(teachers_mod._ScaledLaws, "log_sums", lambda self, *a: orig(self, *a) and False)
     assert not same_as_previous(t, log_D, tree)
+
+
+def streamed_mixture_log(teacher, log_D, tree):
+    """log E_D T(h | y') the generic way: logsumexp over the teacher's stream of demonstration classes."""
+    return mixture_log_teacher(SimpleNamespace(demo_classes=teacher.demo_classes), log_D, tree)
+
+
+def _same(a, b, tol=1e-12) -> bool:
+    m = np.isfinite(b)
+    return (not np.isnan(a).any() and np.array_equal(np.isneginf(a), np.isneginf(b))
+            and bool(np.all(np.abs(a[m] - b[m]) <= tol * np.maximum(1.0, np.abs(b[m])))))
+
+
+@given(st.one_of(extreme_instances(kinds=("latent",)), latent_instances(), route_copying_instances(all_correct=False),
+                 graph_instances().map(lambda pair: pair[0])))
+def test_latent_mixture_from_strategy_masses_equals_the_stream(inst):
+    """The forward-KL optimum's prefix marginals from K strategy masses m_z = Σ D(y') q(z | y') equal
+    the logsumexp over the stream of demonstration rows (overlapping and route-copying teachers)."""
+    t = inst.teacher
+    if isinstance(t, LatentStrategyTeacher):
+        assert _same(t.mixture_log(inst.log_demos, inst.tree), streamed_mixture_log(t, inst.log_demos, inst.tree))
+
+
+def test_latent_mixture_without_demonstrations_is_minus_inf():
+    from graphworld import PrefixTree
+    t, _, tree = _distinct_posteriors()
+    assert np.all(np.isneginf(t.mixture_log(np.full(t.n, -np.inf), tree)))
+
+
+def test_sabotage_latent_mixture_from_the_prior_masses_is_caught(monkeypatch):
+    """m_z = w_z (the prior, ignoring what the demonstrations say) is a plausible slip: it gives π0."""
+    t, log_D, tree = _distinct_posteriors()
+    log_D = np.where(np.arange(t.n) < 5, log_D, -np.inf)  # demonstrations that favour some strategies
+    monkeypatch.setattr(LatentStrategyTeacher, "posterior_classes",
+                        lambda self, d: (np.zeros(1), self.log_w[None, :]))
+    assert not _same(t.mixture_log(log_D, tree), streamed_mixture_log(t, log_D, tree))
+
+
+def test_sabotage_route_copying_mixture_without_shared_prefixes_is_caught(monkeypatch):
+    """A route-copying mixture that treats the prefixes shared by several routes as owned by none,
+    against the dense rows by hand."""
+    from graphworld import EdgePolicy, Task, multi_route_dag
+    from pcmi import graph_instance
+    g = multi_route_dag(3, 1, 2, seed=2, n_sources=1)
+    inst, ro = graph_instance(Task(g, *g.graph["prompts"][0], 4), EdgePolicy(stop_pref=0.0))
+    t = LatentStrategyTeacher.route_copying(inst.log_base, ro.route, 0.2)
+    by_hand = mixture_log_teacher(KernelTeacher(route_copying_rows_by_hand(inst.log_base, ro.route, 0.2)),
+                                  inst.log_demos, inst.tree)
+    assert _same(t.mixture_log(inst.log_demos, inst.tree), by_hand, 1e-9)
+    real = teachers_mod._strategy_nodes
+
+    def no_mixed(teacher, tree):
+        nodes = real(teacher, tree)
+        nodes.mixed = nodes.mixed[:0]
+        return nodes
+    monkeypatch.setattr(teachers_mod, "_strategy_nodes", no_mixed)
+    assert not _same(t.mixture_log(inst.log_demos, inst.tree), by_hand, 1e-9)
 
 
 def _distinct_posteriors():
