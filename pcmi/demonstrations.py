@@ -23,6 +23,7 @@ from scipy.special import gammaln
 
 from .distributions import float_array, logsumexp, probs, total_variation
 from .dynamics import on_policy_instance
+from .checks import number, unit
 from .errors import PcmiInputError
 from .instance import NO_SUCCESS, demos_from_successes, has_reachable_success
 from .metrics import strategy_mass_entropy, success
@@ -74,18 +75,6 @@ def _log_softplus(x):
         return np.where(x < -700, x, np.log(np.logaddexp(0.0, np.maximum(x, -700.0))))
 
 
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool):
-        raise PcmiInputError(f"eps must be a number, got {eps!r}")
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"eps must be a number, got {eps!r}") from None
-    if not 0 <= eps <= 1:
-        raise PcmiInputError(f"eps must lie in [0, 1], got {eps!r}")
-    return eps
-
-
 def route_copying_dstar(log_w, eps) -> np.ndarray:
     """log d*_z for route-copying teachers: d*_z ∝ 1/L_z with L_z = log(1 + (1−eps)/(eps·w_z)),
     over the strategies given (those with a correct rollout; w_z is the teacher's weight of z, its
@@ -96,7 +85,7 @@ def route_copying_dstar(log_w, eps) -> np.ndarray:
     log_w = float_array(log_w, "strategy weights log w", ndim=1)
     if log_w.size == 0 or np.isnan(log_w).any() or (log_w > 1e-12).any():
         raise PcmiInputError("strategy weights log w must be a non-empty list of log-weights <= 0 (w_z <= 1), no NaN")
-    eps = _check_eps(eps)
+    eps = unit(eps, "eps")
     alive = np.isfinite(log_w)
     if not alive.any():
         raise PcmiInputError("every strategy weight is zero: no strategy to demonstrate")
@@ -314,12 +303,6 @@ def self_pcmi(inst, idx=None, chunk: int = 256) -> np.ndarray:
     return out - inst.log_base[idx]
 
 
-def _check_real(x, name) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not np.isfinite(x):
-        raise PcmiInputError(f"{name} must be a finite number, got {x!r}")
-    return float(x)
-
-
 def least_likely_demos(log_base, reward, group: int) -> np.ndarray:
     """Law of the least likely success (smallest π0; ties by lower index) of a group of G i.i.d.
     rollouts from π0, given that the group has ≥ 2 successes (the trainers' rule: a group's only
@@ -374,7 +357,7 @@ def proxy_demos(inst, kind: str, gamma: float = 1.0, group: int = 8) -> np.ndarr
         raise PcmiInputError(f"unknown proxy {kind!r}; expected one of {', '.join(PROXY_KINDS)}")
     if kind == "least_likely":
         return least_likely_demos(inst.log_base, inst.reward, group)
-    gamma = _check_real(gamma, "gamma")
+    gamma = number(gamma, "gamma")
     c = correct_set(inst)
     if kind == "default":
         return demos_from_successes(inst.log_base, inst.reward)

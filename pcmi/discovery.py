@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .distributions import check_log_probs, float_array, logsumexp, safe_log
+from .checks import positive, unit
 from .errors import PcmiInputError
 
 #: histories with less mass than this are dropped (their mass is reported as `pruned`)
@@ -122,26 +123,6 @@ def problem_from_rollouts(rollouts, tree: bool = True) -> FeedbackProblem:
 
 # --- the feedback teacher and the TTSD steps ---------------------------------------------------
 
-def _check_unit(x, name) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"{name} must be a number, got {x!r}") from None
-    if not (0.0 <= x <= 1.0):
-        raise PcmiInputError(f"{name} must lie in [0, 1], got {x!r}")
-    return x
-
-
-def _check_positive(x, name, *, zero_ok: bool) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"{name} must be a number, got {x!r}") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not zero_ok):
-        raise PcmiInputError(f"{name} must be a finite number {'≥' if zero_ok else '>'} 0, got {x!r}")
-    return x
-
-
 def feedback_teacher(log_pi, compatible, eps: float) -> np.ndarray:
     """log T_π(y | f) = log[(1 − eps)·π(y) c_f(y) / π(c_f) + eps·π(y)] for each row of log_pi (…, n)
     with the mask c_f (…, n) broadcast; a row with π(c_f) = 0 gets T = π (the feedback is ignored)."""
@@ -211,7 +192,7 @@ class DiscoveryCurve:
 
 def best_of_n(p0: float, n_max: int) -> np.ndarray:
     """1 − (1 − p0)^n for n = 1..n_max, as −expm1(n·log1p(−p0)) (exact to rounding for tiny p0)."""
-    p0 = _check_unit(p0, "p0")
+    p0 = unit(p0, "p0")
     n = np.arange(1, _check_n(n_max) + 1, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(p0 == 1.0, 1.0, -np.expm1(n * np.log1p(-p0)))
@@ -384,10 +365,10 @@ def discovery_curve(problem: FeedbackProblem, method: str, n_max: int, *, eps: f
     failure classes (see the module docstring). `step` may be a callable (log π_i, log T_i, κ) → log π_{i+1}
     (rows) and `remember` a callable (S, f) → S' for multi-turn (sabotage tests); both default to the theory."""
     n_max = _check_n(n_max)
-    eps = _check_unit(eps, "eps")
-    kappa = _check_positive(kappa, "kappa", zero_ok=True)
-    eta = _check_positive(eta, "eta", zero_ok=False)
-    prune = _check_unit(prune, "prune")
+    eps = unit(eps, "eps")
+    kappa = positive(kappa, "kappa", zero_ok=True)
+    eta = positive(eta, "eta", zero_ok=False)
+    prune = unit(prune, "prune")
     if isinstance(max_states, bool) or not isinstance(max_states, (int, np.integer)) or max_states < 1:
         raise PcmiInputError(f"max_states must be a positive integer, got {max_states!r}")
     proc = _procedure(problem, method, eps, kappa, eta, step, remember)
@@ -462,7 +443,7 @@ def _plain_children(proc, payloads, s_idx, f_idx, cm, F, max_states):
 
 def attempts_to_reach(curve, target: float):
     """Smallest n (1-based) with curve[n − 1] ≥ target; None if the curve never gets there."""
-    target = _check_unit(target, "target")
+    target = unit(target, "target")
     c = np.asarray(curve, float)
     hit = np.flatnonzero(c >= target)
     return int(hit[0]) + 1 if hit.size else None
@@ -470,7 +451,7 @@ def attempts_to_reach(curve, target: float):
 
 def best_of_n_attempts(p0: float, target: float):
     """Smallest n with 1 − (1 − p0)^n ≥ target, without a curve (None if p0 = 0 and target > 0)."""
-    p0, target = _check_unit(p0, "p0"), _check_unit(target, "target")
+    p0, target = unit(p0, "p0"), unit(target, "target")
     if target == 0:
         return 1
     if p0 == 0 or target == 1 and p0 < 1:
@@ -502,9 +483,9 @@ def simulate_discovery(problem: FeedbackProblem, method: str, n_max: int, runs: 
     policy in probabilities, π ← T^{1/(1+κ)} π^{κ/(1+κ)} normalized, or steps its logits with
     `tabular_step` (`pcmi.estimators.expected_gradient`; batched_tabular: the vectorized step)."""
     n_max = _check_n(n_max)
-    eps = _check_unit(eps, "eps")
-    kappa = _check_positive(kappa, "kappa", zero_ok=True)
-    eta = _check_positive(eta, "eta", zero_ok=False)
+    eps = unit(eps, "eps")
+    kappa = positive(kappa, "kappa", zero_ok=True)
+    eta = positive(eta, "eta", zero_ok=False)
     if method == "ttsd" and step not in ("kl", "tabular"):
         raise PcmiInputError(f"unknown TTSD step {step!r}; choose 'kl' or 'tabular'")
     if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:

@@ -36,7 +36,8 @@ from .instance import Instance, check_reward, has_reachable_success
 from .dynamics import Round
 from .metrics import correct_entropy, ratio_distortion, strategy_mass_entropy, strategy_masses, success
 from .policies import sdsd_optimum
-from .teachers import CHUNK, LatentStrategyTeacher, _check_unit, _mix
+from .checks import unit
+from .teachers import CHUNK, LatentStrategyTeacher, _mix
 
 NO_FAILURE = ("no failing rollout with positive probability: the feedback demonstrations D = π0(·|r=0) "
               "are undefined (every rollout is correct, so there is no feedback to give)")
@@ -92,7 +93,7 @@ class FeedbackTeacher:
         self.log_base = check_log_probs(float_array(log_base, "base policy", ndim=1), "base policy")
         n = len(self.log_base)
         self.compat = _check_compat(compat, n)
-        self.eps = _check_unit(eps, "eps")
+        self.eps = unit(eps, "eps")
         if feedback_index is None:
             if len(self.compat) != n:
                 raise PcmiInputError(f"give feedback_index (the class of each rollout's feedback): compatibility has "

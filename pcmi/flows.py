@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import count, positive
 from .errors import PcmiInputError
 from .estimators import GradientReport, expected_gradient
 from .instance import Instance, demos_from_successes, has_reachable_success
@@ -37,18 +38,6 @@ from .tabular import TabularPolicy
 
 class FixedPointError(PcmiInputError):
     """The iteration did not reach a certified fixed point (one line, names the residual)."""
-
-
-def _check_count(v, name: str, low: int = 0) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise PcmiInputError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
-
-
-def _check_positive(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v) or v <= 0:
-        raise PcmiInputError(f"{name} must be a finite number > 0, got {v!r}")
-    return float(v)
 
 
 def schedule_of(inst: Instance, teacher="frozen", tau=None) -> TeacherSchedule:
@@ -104,7 +93,7 @@ def expected_gradient_flow(inst: Instance, mode=LossMode(), teacher="frozen", ta
     its schedule after each step; records success, strategy-mass entropy, OOD success (with the
     `blocked` rollout mask), ‖G‖ and the loss before every step and after the last."""
     mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
-    eta, n_steps = _check_positive(eta, "eta"), _check_count(n_steps, "n_steps")
+    eta, n_steps = positive(eta, "eta"), count(n_steps, "n_steps")
     policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
     state = sched.state0
     flow = Flow(mode, sched.label, eta)
@@ -156,13 +145,19 @@ class FixedPoint:
 
 #: largest move of one logit in one round (a trust region: the natural step of forward KL is q̄/p)
 MAX_STEP = 4.0
-#: rounds without a new smallest ‖G‖ before the step λ is halved (damping a 2-cycle of the rounds)
+#: rounds without a new smallest ‖G‖ before the step λ is halved, if most of them reversed the move
+#: before (damping a 2-cycle of the rounds; a steady climb, leaving an unstable point, keeps λ)
 PATIENCE = 40
 #: stability of a certified point: the logits are kicked by KICK (a fixed random direction) and
 #: GROWTH_ROUNDS rounds are run; growth = (TV after / TV before)^(1/GROWTH_ROUNDS)
 KICK, GROWTH_ROUNDS, GROWTH_MARGIN = 1e-5, 10, 1e-3
 #: unstable fixed points the rounds may leave before the solver gives up and returns one (flagged)
 MAX_ESCAPES = 4
+
+
+def _oscillating(flips: int, rounds: int) -> bool:
+    """The rounds oscillate: at least half of them reversed the move before (move·previous < 0)."""
+    return 2 * flips >= rounds
 
 
 def natural_residual(policy: TabularPolicy, rep: GradientReport) -> float:
@@ -179,7 +174,8 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
     """The on-policy fixed point reached from π0 (or from `start` with teacher state `state`) by
     natural-gradient rounds θ_h ← θ_h − λ·E_D v(h)/p on every reachable prefix (each logit moved
     by at most MAX_STEP; λ = 1 is the token-level optimum round for full α = 1; λ halves when PATIENCE
-    rounds pass without a new smallest ‖G‖). For top-k without the tail the step has mean 0 over the
+    rounds pass without a new smallest ‖G‖ and most of them reverse the move before: a 2-cycle).
+    For top-k without the tail the step has mean 0 over the
     top-k set, as the gradient has, so the mass outside it is conserved as under the flow.
     Raises FixedPointError when max_rounds pass without ‖G‖ ≤ tol (and, for live and EMA teachers,
     the teacher's state within tol of the student's). `demos(log π, reward) -> log D` replaces the
@@ -192,11 +188,11 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
     from the kicked rounds to the point they reach (the unstable points passed are in `passed_unstable`;
     a collapse to a vertex can take many rounds)."""
     mode, sched = loss_mode(mode), schedule_of(inst, teacher, tau)
-    tol, max_rounds = _check_positive(tol, "tol"), _check_count(max_rounds, "max_rounds", 1)
+    tol, max_rounds = positive(tol, "tol"), count(max_rounds, "max_rounds", 1)
     policy = start or TabularPolicy.from_log_probs(inst.tree, inst.log_base)
     state = sched.state0 if state is None else state
     reached_par = np.r_[0, inst.tree.parent[1:]]
-    lam, best, since, escapes = 1.0, np.inf, 0, []
+    lam, best, since, flips, prev, escapes = 1.0, np.inf, 0, 0, None, []
     for k in range(max_rounds + 1):
         rep = on_policy_step(inst, policy, sched, state, mode, f"round {k}: ", demos)
         norm, gap = rep.norm, sched.gap(state, policy.log_seq)
@@ -218,13 +214,21 @@ def on_policy_fixed_point(inst: Instance, mode=LossMode(), teacher="frozen", tau
                 continue
         if k == max_rounds:
             break
+        move = _natural_move(policy, rep, mode, lam, reached_par)
         if norm < best:
-            best, since = norm, 0
+            best, since, flips = norm, 0, 0
         else:
             since += 1
-            if since >= PATIENCE and lam > 1 / 1024:
-                lam, since, best = lam / 2, 0, norm
-        policy = policy.with_theta(policy.theta - _natural_move(policy, rep, mode, lam, reached_par))
+            flips += bool(prev is not None and np.dot(move, prev) < 0)
+            if since >= PATIENCE:
+                # halve λ only where the rounds oscillate (most moves reverse the one before: a 2-cycle);
+                # a steady climb of ‖G‖ is the rounds leaving an unstable point, which full steps finish
+                if _oscillating(flips, since) and lam > 1 / 1024:
+                    lam = lam / 2
+                    move = move / 2
+                best, since, flips = norm, 0, 0
+        prev = move
+        policy = policy.with_theta(policy.theta - move)
         state = sched.update(state, policy.log_seq)
     raise FixedPointError(f"{mode.label} with a {sched.label} teacher did not reach a fixed point in {max_rounds} "
                           f"rounds: gradient norm {norm:.3g}, teacher gap {gap:.3g}, tol {tol:g}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import unit
 from .errors import PcmiInputError
 
 #: one-line definition of every mode (printed by `pcmi solve --help`)
@@ -53,9 +54,7 @@ class LossMode:
         if self.kind not in MODES:
             raise PcmiInputError(f"unknown loss mode {self.kind!r}; expected one of {', '.join(MODES)}")
         a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float, np.floating)) or not 0 <= a <= 1:
-            raise PcmiInputError(f"alpha must be a number in [0, 1], got {a!r}")
-        object.__setattr__(self, "alpha", float(a))
+        object.__setattr__(self, "alpha", unit(a, "alpha"))
         if self.kind in ("sampled", "sampled-baseline", "sequence") and self.alpha != 1:
             raise PcmiInputError(f"mode {self.kind} is a reverse-KL estimator: alpha must be 1, got {a!r}")
         if self.kind == "topk":

@@ -7,19 +7,15 @@ import numpy as np
 from scipy.optimize import brentq
 
 from .distributions import check_log_probs, condition, float_array, kl, log_normalize, prob_of, logsumexp
+from .checks import number, positive, unit
 from .errors import PcmiInputError
 from .scores import expected_log_teacher_leaves, expected_pcmi
 from .teachers import expected_log_teacher, mixture_log_teacher, token_mixture_log
 
 
 def check_beta(beta) -> float:
-    try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"beta must be a number, got {beta!r}") from None
-    if not np.isfinite(beta) or beta <= 0:
-        raise PcmiInputError(f"beta must be a finite number > 0, got {beta!r}")
-    return beta
+    """The KL leash β: a finite number > 0."""
+    return positive(beta, "beta")
 
 
 def rl_optimum(log_base, reward, beta: float) -> np.ndarray:
@@ -297,14 +293,7 @@ def js_optimum(inst, alpha: float, *, tol: float = 1e-12) -> JSResult:
     Solved exactly: on the support, Σ_c w_c log(S_y / m_cy) is the same for every y (∇F/(1−α)
     constant); for each level μ every S_y follows from a monotone 1-D equation, and μ is found by
     root-finding Σ_y S_y = 1 (to machine precision; `kkt_residual` ≤ tol is checked on the result)."""
-    try:
-        alpha = float(alpha)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"alpha must be a number, got {alpha!r}") from None
-    if not 0 <= alpha <= 1:
-        raise PcmiInputError(f"alpha must lie in [0, 1], got {alpha!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 <= tol < np.inf:
-        raise PcmiInputError(f"tol must be a finite number >= 0, got {tol!r}")
+    alpha, tol = unit(alpha, "alpha"), positive(tol, "tol", zero_ok=True)
     w, log_T = teacher_classes_at_leaves(inst)
     w = w / w.sum()
     if alpha in (0.0, 1.0):  # closed forms: exact, so the residual is 0 by construction
@@ -362,8 +351,7 @@ def rl_beta_for_mean_success(p0s, p: float) -> float:
     p0s = float_array(p0s, "base success probabilities p0s", ndim=1)
     if p0s.size == 0 or np.isnan(p0s).any() or np.any((p0s < 0) | (p0s > 1)):
         raise PcmiInputError("base success probabilities p0s must be a non-empty list of numbers in [0, 1]")
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)):
-        raise PcmiInputError(f"target success p must be a number, got {p!r}")
+    p = number(p, "target success p")
     lo_p, hi_p = p0s.mean(), float(np.mean(p0s > 0))
     if not lo_p < p < hi_p:
         raise PcmiInputError(f"mean RL success ranges over ({lo_p:.6g}, {hi_p:.6g}); {p!r} is outside")

@@ -31,6 +31,7 @@ from scipy.optimize import brentq
 
 from .distributions import condition, kl, log_normalize, logsumexp, total_variation
 from .dynamics import on_policy_instance
+from .checks import count, in_range, number, positive
 from .errors import PcmiInputError
 from .instance import Instance, demos_from_successes, has_reachable_success
 from .metrics import correct_entropy, ood_success, strategy_mass_entropy, success
@@ -41,23 +42,6 @@ from .teachers import LatentStrategyTeacher
 
 
 # --- checks ---------------------------------------------------------------------------------
-
-def _number(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise PcmiInputError(f"{name} must be a number, got {v!r}")
-    v = float(v)
-    if not np.isfinite(v):
-        raise PcmiInputError(f"{name} must be finite, got {v!r}")
-    return v
-
-
-def _in_range(v, name: str, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
-    v = _number(v, name)
-    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-        raise PcmiInputError(f"{name} must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
-                             f"got {v!r}")
-    return v
-
 
 def _ref(inst, log_ref) -> np.ndarray:
     if log_ref is None:
@@ -103,7 +87,7 @@ def blend_optimum(inst, lam, *, beta: float = 1.0, log_ref=None) -> np.ndarray:
     ⇒ π ∝ exp[(λ(r + β log π0) + (1 − λ) E_D log T) / (λβ + 1 − λ)]  (0 ≤ λ ≤ 1, β > 0).
     λ = 0 is `sdsd_optimum`, λ = 1 is `rl_optimum`; for 0 < λ the support is supp π0 ∩ {g > −inf}
     (λ < 1) or supp π0 (λ = 1)."""
-    lam = _in_range(lam, "lambda", 0.0, 1.0)
+    lam = in_range(lam, "lambda", 0.0, 1.0)
     beta = check_beta(beta)
     log_ref, g = _ref(inst, log_ref), (_g(inst) if lam < 1 else np.zeros(inst.n))
     num = lam * inst.reward + _times(lam * beta, log_ref) + _times(1 - lam, g)
@@ -175,7 +159,7 @@ def entropy_bonus_optimum(inst, eta, *, log_ref=None) -> np.ndarray:
     """min_π E_D KL(π‖T(·|y')) − η H(π) = −(1 + η) H(π) − E_π g  ⇒  π ∝ exp(g / (1 + η)).
     Defined for η > −1 (η ≥ 0 is a bonus; at η ≤ −1 the objective is concave and the minimum sits at
     a vertex). η = 0 is `sdsd_optimum`; η → ∞ is uniform on {g > −inf}."""
-    eta = _number(eta, "eta")
+    eta = number(eta, "eta")
     if eta <= -1:
         raise PcmiInputError(f"eta must be > −1 (the entropy weight 1 + η must stay positive), got {eta!r}")
     return _normalized(_g(inst) / (1.0 + eta), "entropy bonus")
@@ -184,7 +168,7 @@ def entropy_bonus_optimum(inst, eta, *, log_ref=None) -> np.ndarray:
 def anchor_optimum(inst, kappa, *, log_ref=None) -> np.ndarray:
     """min_π E_D KL(π‖T(·|y')) + κ KL(π‖π0)  ⇒  π ∝ exp((g + κ log π0) / (1 + κ))  (κ ≥ 0): the
     geometric path π_SD^{1/(1+κ)}·π0^{κ/(1+κ)} from SDSD (κ = 0) to π0 (κ → ∞)."""
-    kappa = _number(kappa, "kappa")
+    kappa = number(kappa, "kappa")
     if kappa < 0:
         raise PcmiInputError(f"kappa must be >= 0, got {kappa!r}")
     log_ref = _ref(inst, log_ref)
@@ -350,11 +334,8 @@ def remedy_rounds(inst, name: str, knob=None, n_rounds: int = MAX_ROUNDS, *, tol
         raise PcmiInputError(f"teacher must be 'live' or 'frozen', got {teacher!r}")
     if reference not in REFERENCES:
         raise PcmiInputError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
-    if isinstance(n_rounds, bool) or not isinstance(n_rounds, (int, np.integer)) or n_rounds < 1:
-        raise PcmiInputError(f"n_rounds must be an integer >= 1, got {n_rounds!r}")
-    tol = _number(tol, "tol")
-    if tol < 0:
-        raise PcmiInputError(f"tol must be >= 0, got {tol!r}")
+    n_rounds = count(n_rounds, "n_rounds", 1)
+    tol = positive(tol, "tol", zero_ok=True)
     if rem.knob is not None and knob is None:
         raise PcmiInputError(f"remedy {name!r} needs its knob {rem.knob}")
     ref0 = inst.log_base
@@ -441,9 +422,8 @@ def matched_knob(inst, name: str, target_kl: float, *, point: str = "one_round",
     not converge the KL is NaN and that knob cannot bracket a root. scan=(grid, KL values) reuses a scan
     already made with the same settings instead of `knob_grid`."""
     rem = remedy(name)
-    target_kl = _number(target_kl, "target_kl")
-    if _number(kl_tol, "kl_tol") < 0:
-        raise PcmiInputError(f"kl_tol must be >= 0, got {kl_tol!r}")
+    target_kl = number(target_kl, "target_kl")
+    kl_tol = positive(kl_tol, "kl_tol", zero_ok=True)
     if rem.knob is None:
         raise PcmiInputError(f"remedy {name!r} has no knob to match")
 

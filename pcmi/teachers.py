@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from graphworld.enumeration import PrefixTree
 
 from .distributions import check_log_probs, check_probs, float_array, log_normalize, prob_of, safe_log, logsumexp
+from .checks import unit
 from .errors import PcmiInputError
 
 CHUNK = 256
@@ -32,17 +33,6 @@ TILE_ENTRIES = 1 << 16     # teacher entries per tile of the streamed expected l
 TILE_ROWS = 64             # demonstration classes per tile (tile: 64 × 1024 nodes)
 MAX_THREADS = 8            # node blocks of the expected log run on at most this many cores
 PARALLEL_ENTRIES = 1 << 22  # below this many entries (classes × nodes) the expected log stays on one thread
-
-
-def _check_unit(x, name, *, open_low=False, open_high=False) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        raise PcmiInputError(f"{name} must be a number, got {x!r}") from None
-    if not np.isfinite(x) or x < 0 or x > 1 or (open_low and x == 0) or (open_high and x == 1):
-        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
-        raise PcmiInputError(f"{name} must lie in {lo}0, 1{hi}, got {x!r}")
-    return x
 
 
 def _mix(log_a: np.ndarray, a_weight: float, log_b: np.ndarray, b_weight: float) -> np.ndarray:
@@ -64,7 +54,7 @@ class LatentStrategyTeacher:
         if log_P.shape[0] != len(self.log_w):
             raise PcmiInputError(f"got {len(self.log_w)} strategy weights but {log_P.shape[0]} strategy laws P_z")
         self._log_P = check_log_probs(log_P, "strategy law P_z", axis=1)
-        self.eps = _check_unit(eps, "eps")
+        self.eps = unit(eps, "eps")
         self.log_base = logsumexp(self.log_w[:, None] + self._log_P, axis=0)
         support = np.isfinite(self._log_P) & np.isfinite(self.log_w)[:, None]
         self.disjoint = bool(np.all(support.sum(axis=0) <= 1))
@@ -88,7 +78,7 @@ class LatentStrategyTeacher:
         if not np.all(np.isfinite(log_w)):
             raise PcmiInputError("every strategy of owner must hold base probability > 0 (renumber the strategies)")
         t = cls.__new__(cls)
-        t.log_w, t.eps, t._log_P, t._n = log_w, _check_unit(eps, "eps"), None, len(log_base)
+        t.log_w, t.eps, t._log_P, t._n = log_w, unit(eps, "eps"), None, len(log_base)
         t.log_base = np.where(owner >= 0, log_base, -np.inf)
         t.disjoint, t._owner = True, owner.astype(np.int64)
         return t
@@ -298,7 +288,7 @@ class CopyTeacher:
 
     def __init__(self, log_base, lam: float):
         self.log_base = check_log_probs(float_array(log_base, "base policy", ndim=1), "base policy")
-        self.lam = _check_unit(lam, "lam")
+        self.lam = unit(lam, "lam")
 
     @property
     def n(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .distributions import check_log_probs, float_array
 from .errors import PcmiInputError
-from .teachers import _check_unit
+from .checks import unit
 
 CHUNK = 1 << 24  # rollouts per chunk on the device
 
@@ -51,7 +51,7 @@ def route_copying_sdsd_optimum(log_base, owner, log_D, eps: float, device=None) 
     if np.any(np.isfinite(log_D) & ~np.isfinite(log_base)):
         raise PcmiInputError("demonstrations D put mass on a rollout with zero base probability, "
                              "where the route-copying teacher T(·|y') is undefined")
-    eps = _check_unit(eps, "eps")
+    eps = unit(eps, "eps")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     K = int(owner.max(initial=-1)) + 1
     groups = np.maximum(owner, 0).astype(np.int64)

@@ -480,7 +480,7 @@ def test_collapse_workers_give_identical_data():
 
 @pytest.mark.parametrize("kw, msg", [(dict(modes=("nope",)), "unknown mode 'nope'"),
                                      (dict(taus=(1.5,)), "tau must lie in"),
-                                     (dict(alphas=(2.0,)), "alpha must be")])
+                                     (dict(alphas=(2.0,)), "alpha must lie in")])
 def test_collapse_bad_grid_is_one_line_error(kw, msg):
     with pytest.raises(PcmiInputError, match=msg) as e:
         collapse.compute(**{**dict(settings={"all_correct": collapse.SETTINGS["all_correct"]}, n_steps=1,

@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 from pcmi import CopyTeacher, Instance, LatentStrategyTeacher, PcmiInputError
 from pcmi.dynamics import on_policy_instance, sdsd_rounds
 from pcmi.estimators import expected_gradient
+from pcmi import flows as flows_mod
 from pcmi.flows import FixedPointError, expected_gradient_flow, on_policy_fixed_point
 from pcmi.instance import demos_from_successes
 from pcmi.objectives import LossMode
@@ -239,6 +240,28 @@ def _symmetric_copy(lam=0.75, asym=0.0):
     x = np.array([asym, 0.0, 0.0, 0.0])
     lb, r = x - logsumexp(x), np.array([1, 0, 0, 1])
     return Instance(lb, r, CopyTeacher(lb, lam), demos_from_successes(lb, r))
+
+
+def _near_symmetric_copy():
+    """Two correct rollouts whose π0 differ by 1e-9 in log, a copy teacher with lam = 0.70 (the symmetric
+    point between them repels): the sequence rounds sit near it, then leave it for an asymmetric point
+    (found by a CI run, where the solver used to halve λ ten times on the way out and stall)."""
+    x = np.array([-1e-09, -0.7804957449038064, -1e-09, -7.618488164035788e-60, -5.536709701599646, -1.759306956837916])
+    lb, r = x - logsumexp(x), np.array([0, 0, 1, 1, 1, 1])
+    return Instance(lb, r, CopyTeacher(lb, 0.7033301314690094), demos_from_successes(lb, r))
+
+
+def test_rounds_leaving_an_unstable_point_keep_their_full_step():
+    inst = _near_symmetric_copy()
+    fp = solve(inst, SEQ, "frozen")
+    assert fp.stable and fp_agrees_with_rounds(inst, fp, "frozen", "sequence")
+
+
+def test_sabotage_step_halved_on_every_stall_is_caught(monkeypatch):
+    """Halving λ whenever ‖G‖ stops falling (the rule before) stalls the escape: no fixed point in 1500 rounds."""
+    monkeypatch.setattr(flows_mod, "_oscillating", lambda flips, rounds: True)
+    with pytest.raises(FixedPointError):
+        solve(_near_symmetric_copy(), SEQ, "frozen")
 
 
 def test_an_unstable_fixed_point_is_flagged_and_can_be_left():

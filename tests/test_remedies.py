@@ -318,8 +318,8 @@ def test_bad_knobs_are_one_line_errors():
     (lambda inst: R.knob_grid("blend", 2.5), "positive integer"),
     (lambda inst: R.knob_grid("blend", 0), "positive integer"),
     (lambda inst: R.matched_knob(inst, "blend", 0.1, n_grid=True), "positive integer"),
-    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=float("nan")), "kl_tol must be finite"),
-    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=-1.0), "kl_tol must be >= 0"),
+    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=float("nan")), "kl_tol must be a finite number >= 0"),
+    (lambda inst: R.matched_knob(inst, "blend", 0.1, kl_tol=-1.0), "kl_tol must be a finite number >= 0"),
 ])
 def test_bad_knob_grid_and_tolerance_are_one_line_errors(call, words):
     with pytest.raises(PcmiInputError, match=words) as e:

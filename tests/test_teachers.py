@@ -158,7 +158,7 @@ def test_latent_teacher_refuses_demonstrations_off_the_base_support():
 # hand-built instances, and brute-force checks of every tree node (not only the leaves).
 # ---------------------------------------------------------------------------------------------
 from graphworld import PrefixTree  # noqa: E402
-from pcmi.teachers import _check_unit, _weighted  # noqa: E402
+from pcmi.teachers import _weighted  # noqa: E402
 
 # root 0 → prefixes a = 1, b = 2; a → rollouts y0 = 3, y1 = 4; b → rollout y2 = 5
 SMALL_TREE = PrefixTree(np.array([-1, 0, 0, 1, 1, 2]), np.array([3, 4, 5]))
@@ -304,25 +304,19 @@ def test_rebuilt_teacher_uses_the_new_policy():
 
 def test_unit_interval_check():
     """eps and lam must be numbers in the closed interval [0, 1]: both ends allowed, NaN, ±inf,
-    non-numbers and values outside refused with a message naming the argument and the range."""
-    assert _check_unit(0, "x") == 0.0 and _check_unit(1, "x") == 1.0 and _check_unit("0.5", "x") == 0.5
+    non-numbers (strings and bools included) and values outside refused with a message naming the
+    argument and the range (pcmi.checks.unit; its open ends are tested in tests/test_checks.py)."""
+    for ok in (0, 1, 0.5, np.float64(0.25)):
+        assert LatentStrategyTeacher(np.log([1.0]), np.log([[0.5, 0.5]]), ok).eps == float(ok)
+        assert CopyTeacher(np.log([0.5, 0.5]), ok).lam == float(ok)
     for bad in (float("nan"), float("inf"), -float("inf"), -1e-12, 1 + 1e-12, 2.0):
         with pytest.raises(PcmiInputError, match=r"eps must lie in \[0, 1\]"):
             LatentStrategyTeacher(np.log([1.0]), np.log([[0.5, 0.5]]), bad)
         with pytest.raises(PcmiInputError, match=r"lam must lie in \[0, 1\]"):
             CopyTeacher(np.log([0.5, 0.5]), bad)
-    for bad in ("abc", None, [0.1, 0.2]):
+    for bad in ("abc", "0.5", True, None, [0.1, 0.2]):
         with pytest.raises(PcmiInputError, match="lam must be a number"):
             CopyTeacher(np.log([0.5, 0.5]), bad)
-    # the open ends of the helper
-    with pytest.raises(PcmiInputError, match=r"x must lie in \(0, 1\]"):
-        _check_unit(0.0, "x", open_low=True)
-    with pytest.raises(PcmiInputError, match=r"x must lie in \[0, 1\)"):
-        _check_unit(1.0, "x", open_high=True)
-    with pytest.raises(PcmiInputError, match=r"x must lie in \(0, 1\)"):
-        _check_unit(2.0, "x", open_low=True, open_high=True)
-    assert _check_unit(1.0, "x", open_low=True) == 1.0 and _check_unit(0.0, "x", open_high=True) == 0.0
-    assert _check_unit(0.5, "x", open_low=True, open_high=True) == 0.5
 
 
 @pytest.mark.parametrize("make, words", [

@@ -23,6 +23,7 @@ import multiprocessing
 
 import numpy as np
 
+from pcmi.checks import unit
 from pcmi.errors import PcmiInputError
 from pcmi.estimators import expected_gradient
 from pcmi.flows import expected_gradient_flow, on_policy_fixed_point, on_policy_step, schedule_of
@@ -61,8 +62,7 @@ WORKERS = 2
 
 def schedule_of_tau(tau: float) -> tuple[str, float | None]:
     """τ → (schedule, rate): 0 frozen, 1 live, else EMA with the student's weight τ."""
-    if not 0 <= tau <= 1:
-        raise PcmiInputError(f"tau must lie in [0, 1], got {tau!r}")
+    tau = unit(tau, "tau")
     return ("frozen", None) if tau == 0 else ("live", None) if tau == 1 else ("ema", float(tau))
 
 
