@@ -7,8 +7,10 @@ teacher has one per strategy, a general latent teacher one per distinct posterio
 (a soft-route teacher: one per route), each chunk computed as one scaled BLAS product in
 probability space; no |Y|×|Y| matrix is built except by KernelTeacher, which is one by nature.
 All expectations over D (`expected_log_teacher`, `mixture_log_teacher`, `token_mixture_log`)
-come from that stream unless the teacher has a closed form for them (route-copying
-`expected_log`; copy `expected_log`, `mixture_log`, `token_mixture_log`, all O(|tree|)).
+come from that stream unless the teacher has a closed form or a faster route for them:
+route-copying `expected_log` and `mixture_log`, O(|tree|); copy `expected_log`, `mixture_log`,
+`token_mixture_log`, O(|tree|); overlapping latent `mixture_log` from K strategy masses,
+O(K·|tree|), and `expected_log` streamed in cache-sized tiles of classes × nodes (`_ScaledLaws`).
 """
 from __future__ import annotations
 

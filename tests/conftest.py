@@ -22,3 +22,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sharp_model_of():
+    """make(preset, world): the preset's network at init (seed 4) with its head scaled by 40, a
+    far-from-uniform law for the trainer's enumeration tests."""
+    torch = pytest.importorskip("torch")
+    from pcmi.training import get_config
+    from pcmi.training.train import new_model
+
+    def make(preset: str, world):
+        torch.manual_seed(4)
+        m = new_model(get_config(preset), world).eval()
+        with torch.no_grad():
+            m.head.weight.mul_(40)
+        return m
+    return make

@@ -634,7 +634,6 @@ def test_latent_mixture_from_strategy_masses_equals_the_stream(inst):
 
 
 def test_latent_mixture_without_demonstrations_is_minus_inf():
-    from graphworld import PrefixTree
     t, _, tree = _distinct_posteriors()
     assert np.all(np.isneginf(t.mixture_log(np.full(t.n, -np.inf), tree)))
 

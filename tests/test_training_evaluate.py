@@ -15,7 +15,6 @@ from pcmi.training.data import make_world  # noqa: E402
 from pcmi.training.evaluate import (closed_form_predictions, enumerate_model, model_teacher,  # noqa: E402
                                     sdsd_onpolicy_fixed_point)
 from pcmi.training.run import theory_check  # noqa: E402
-from pcmi.training.train import new_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +23,8 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def sharp_model(world):
-    torch.manual_seed(4)
-    m = new_model(get_config("tiny"), world).eval()
-    with torch.no_grad():
-        m.head.weight.mul_(40)
-    return m
+def sharp_model(world, sharp_model_of):
+    return sharp_model_of("tiny", world)
 
 
 def test_model_teacher_rows_are_enumerations_with_the_demonstration(world, sharp_model):

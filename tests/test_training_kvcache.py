@@ -233,13 +233,8 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def sharp_model(world):
-    """The small preset's network at init with its head scaled up (a far-from-uniform law)."""
-    torch.manual_seed(4)
-    m = new_model(get_config("small"), world).eval()
-    with torch.no_grad():
-        m.head.weight.mul_(40)
-    return m
+def sharp_model(world, sharp_model_of):
+    return sharp_model_of("small", world)
 
 
 def enumeration_gap(world, model, prompt: int, demo=None, policy=ModelPolicy, device="cpu", wrap=lambda m: m) -> float:
